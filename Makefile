@@ -1,0 +1,50 @@
+# Batched Optuna sweeps of tiny sine networks. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Installed first and on its own: on a CPU machine this takes the CPU wheel; a GPU machine
+# overrides it (e.g. TORCH='torch==2.13.0 --index-url …') to bring its CUDA build.
+TORCH ?= torch==2.13.0
+SPEC ?= default
+TRIALS ?=
+STUDY ?=
+STORAGE ?= sqlite:///studies/studies.db
+HOST ?= 127.0.0.1
+PORT ?= 8080
+QUICK ?=
+SWEEP_FLAGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
+
+.PHONY: help install sweep worker list show test test-all bench dashboard report clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install the project into it (torch first, from TORCH)
+
+sweep: install ## run (or continue) a sweep: make sweep [SPEC=default] [TRIALS=n] [STORAGE=url]
+	$(PY) -m sweeps run $(SPEC) $(SWEEP_FLAGS)
+
+worker: install ## join a study as one more worker: make worker SPEC=factorial STORAGE=postgresql://…
+	$(PY) -m sweeps worker $(SPEC) $(SWEEP_FLAGS)
+
+list: install ## the studies in STORAGE with counts and best values
+	$(PY) -m sweeps list --storage $(STORAGE)
+
+show: install ## a study's best trials: make show STUDY=default
+	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) --storage $(STORAGE)
+
+test: install ## the fast test suite
+	$(PY) -m pytest -q
+
+test-all: install ## every test, the slow ones included
+	$(PY) -m pytest -q -m ''
+
+clean: ## remove .venv and build leftovers (studies/ is kept)
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,206 @@
+"""The batched 1-H-1 network y = w2 · act(w1·x + b1) + b2, with closed-form gradients.
+
+K models are stacked in one parameter matrix P of shape [K, 3H+1], laid out per row as
+`[w1 (H) | b1 (H) | w2 (H) | b2 (1)]`, H being the largest hidden size in the batch. A mask of the
+same shape is 1 for a model's own parameters and 0 for hidden units beyond its size and for biases
+its placement excludes: those entries start at 0, get zero gradient, and so stay 0. Each model's
+forward pass, loss and gradient involve only its own row, so models never mix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .space import Config
+
+Act = Callable[[torch.Tensor], torch.Tensor]
+DAct = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _gelu_grad(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1.0 + torch.erf(z * _INV_SQRT2)) + z * torch.exp(-0.5 * z * z) * _INV_SQRT2PI
+
+
+def _softplus_grad(z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    # torch's own formula, e/(e+1) with e = exp(z), so results match torch to the last bit.
+    e = torch.exp(z)
+    return torch.where(z > 20.0, 1.0, e / (e + 1.0))
+
+
+# Each activation: forward f(z), and its derivative given z and a = f(z) (whichever is cheaper).
+# softplus follows torch's default threshold (beta=1, threshold=20: linear above 20).
+ACTIVATIONS: dict[str, tuple[Act, DAct]] = {
+    "relu": (torch.relu, lambda z, a: (a > 0).to(a.dtype)),
+    "tanh": (torch.tanh, lambda z, a: 1.0 - a * a),
+    "sigmoid": (torch.sigmoid, lambda z, a: a * (1.0 - a)),
+    "gelu": (torch.nn.functional.gelu, _gelu_grad),
+    "softplus": (torch.nn.functional.softplus, _softplus_grad),
+    "sin": (torch.sin, lambda z, a: torch.cos(z)),
+}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Column slices of P for hidden size H."""
+
+    hidden: int
+
+    @property
+    def width(self) -> int:
+        return 3 * self.hidden + 1
+
+    @property
+    def w1(self) -> slice:
+        return slice(0, self.hidden)
+
+    @property
+    def b1(self) -> slice:
+        return slice(self.hidden, 2 * self.hidden)
+
+    @property
+    def w2(self) -> slice:
+        return slice(2 * self.hidden, 3 * self.hidden)
+
+    @property
+    def b2(self) -> slice:
+        return slice(3 * self.hidden, 3 * self.hidden + 1)
+
+
+def has_hidden_bias(bias: str) -> bool:
+    return bias in ("hidden", "both")
+
+
+def has_output_bias(bias: str) -> bool:
+    return bias in ("output", "both")
+
+
+def init_one(config: Config, seed: int) -> torch.Tensor:
+    """Initial parameters of one model in its own layout (float64, CPU), from its own seed.
+
+    All four blocks are always drawn, in a fixed order, so a seed gives the same weights whatever
+    the bias placement; excluded biases are then zeroed.
+    """
+    h = config.hidden
+    gen = torch.Generator().manual_seed(seed)
+
+    def uniform(n: int, bound: float) -> torch.Tensor:
+        return (torch.rand(n, generator=gen, dtype=torch.float64) * 2.0 - 1.0) * bound
+
+    if config.init == "torch":
+        # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias alike.
+        w1, b1 = uniform(h, 1.0), uniform(h, 1.0)
+        w2, b2 = uniform(h, 1.0 / math.sqrt(h)), uniform(1, 1.0 / math.sqrt(h))
+    elif config.init == "nnet":
+        # nnet's default `rang = 0.7`: every weight U(-0.7, 0.7).
+        w1, b1, w2, b2 = uniform(h, 0.7), uniform(h, 0.7), uniform(h, 0.7), uniform(1, 0.7)
+    elif config.init == "normal":
+        # The question's torch.randn.
+        w1, b1, w2, b2 = (torch.randn(n, generator=gen, dtype=torch.float64) for n in (h, h, h, 1))
+    else:
+        raise ValueError(f"unknown init {config.init!r}")
+    if not has_hidden_bias(config.bias):
+        b1 = torch.zeros_like(b1)
+    if not has_output_bias(config.bias):
+        b2 = torch.zeros_like(b2)
+    return torch.cat([w1, b1, w2, b2])
+
+
+def mask_one(config: Config) -> torch.Tensor:
+    """1 for the model's trainable parameters in its own layout, 0 for excluded biases."""
+    h = config.hidden
+    ones, zeros = torch.ones(h, dtype=torch.float64), torch.zeros(h, dtype=torch.float64)
+    b1 = ones if has_hidden_bias(config.bias) else zeros
+    b2 = torch.ones(1, dtype=torch.float64) if has_output_bias(config.bias) else torch.zeros(1, dtype=torch.float64)
+    return torch.cat([ones, b1, ones, b2])
+
+
+def pad(flat: torch.Tensor, hidden: int, to_hidden: int) -> torch.Tensor:
+    """A model's own-layout vector placed into the layout of a larger hidden size (zeros elsewhere)."""
+    out = torch.zeros(Layout(to_hidden).width, dtype=flat.dtype)
+    own, big = Layout(hidden), Layout(to_hidden)
+    for name in ("w1", "b1", "w2"):
+        out[getattr(big, name)][:hidden] = flat[getattr(own, name)]
+    out[big.b2] = flat[own.b2]
+    return out
+
+
+def unpad(row: torch.Tensor, hidden: int, from_hidden: int) -> torch.Tensor:
+    """The inverse of `pad`: a model's own-layout vector out of a padded row."""
+    own, big = Layout(hidden), Layout(from_hidden)
+    return torch.cat([row[getattr(big, n)][:hidden] for n in ("w1", "b1", "w2")] + [row[big.b2]])
+
+
+class BatchModel:
+    """K stacked 1-H-1 networks sharing one activation and one training set.
+
+    `x` and `t` are the (already scaled) inputs and the targets, shape [N], on the batch's device
+    and dtype. `reduction` is "sum" (the question's and nnet's loss) or "mean".
+    """
+
+    def __init__(self, hidden: int, activation: str, x: torch.Tensor, t: torch.Tensor, reduction: str) -> None:
+        self.layout = Layout(hidden)
+        self.act, self.dact = ACTIVATIONS[activation]
+        self.x = x
+        self.t = t
+        self.scale = 2.0 if reduction == "sum" else 2.0 / x.numel()
+        self.reduction = reduction
+
+    def _hidden(self, P: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        L = self.layout
+        # z[k, h, n] = w1[k, h] * x[n] + b1[k, h]; n innermost keeps every op contiguous.
+        z = torch.addcmul(P[:, L.b1, None], P[:, L.w1, None], x[None, None, :])
+        return z, self.act(z)
+
+    def _output(self, P: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        L = self.layout
+        return torch.baddbmm(P[:, None, L.b2], P[:, None, L.w2], a).squeeze(1)
+
+    def predict(self, P: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Network outputs [K, len(x)] at inputs x (already scaled)."""
+        _, a = self._hidden(P, x)
+        return self._output(P, a)
+
+    def sse(self, P: torch.Tensor) -> torch.Tensor:
+        """Sum of squared errors on the training set, per model [K]."""
+        r = self.predict(P, self.x) - self.t
+        return (r * r).sum(1)
+
+    def loss(self, P: torch.Tensor) -> torch.Tensor:
+        """The training loss per model [K] (sum or mean of squared errors)."""
+        sse = self.sse(P)
+        return sse if self.reduction == "sum" else sse / self.x.numel()
+
+    def sse_and_grad(self, P: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """SSE per model [K] and the masked gradient of the loss w.r.t. P [K, D]."""
+        L = self.layout
+        z, a = self._hidden(P, self.x)  # [K, H, N]
+        r = self._output(P, a) - self.t  # [K, N]
+        sse = (r * r).sum(1)
+        g = self.scale * r  # dLoss/dy
+        # dLoss/dz[k, h, n] = w2[k, h] * g[k, n] * act'(z)
+        dz = (P[:, L.w2, None] * g[:, None, :]) * self.dact(z, a)
+        grad = torch.cat(
+            [
+                torch.matmul(dz, self.x),  # w1: sum_n dz * x
+                dz.sum(2),  # b1
+                torch.bmm(a, g[:, :, None]).squeeze(2),  # w2: sum_n a * g
+                g.sum(1, keepdim=True),  # b2
+            ],
+            dim=1,
+        )
+        return sse, grad * mask
+
+
+def predict_params(params: Sequence[float], hidden: int, activation: str, x: torch.Tensor,
+                   shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """Redraw one fitted model from its stored own-layout parameters at raw inputs x."""
+    P = torch.as_tensor(list(params), dtype=torch.float64)[None, :]
+    model = BatchModel(hidden, activation, x, x, "sum")
+    return model.predict(P, (x.to(torch.float64) - shift) / scale)[0]

@@ -1,0 +1,162 @@
+"""The configuration vocabulary: every setting a model can have, its type and allowed values.
+
+A *config* is one model recipe (hidden size, bias placement, activation, optimizer, learning rate,
+and the settings usually fixed per sweep: data set, loss reduction, init, input scaling, steps,
+precision). A spec says, for each key, whether it is searched (a `Dimension`) or fixed. This module
+turns dimensions into Optuna distributions and an Optuna trial into a `Config`, so the engine never
+sees Optuna.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol
+
+BIASES = ("none", "hidden", "output", "both")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "softplus", "sin")
+FIRST_ORDER = ("sgd", "momentum", "adam", "rmsprop")
+SECOND_ORDER: tuple[str, ...] = ()
+OPTIMIZERS = FIRST_ORDER + SECOND_ORDER
+DATASETS = ("r50", "uniform1000", "grid1000")
+LOSSES = ("sum", "mean")
+INITS = ("torch", "nnet", "normal")
+SCALINGS = ("none", "standardize")
+PRECISIONS = ("float32", "float64")
+
+MAX_HIDDEN = 256
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """What one config key accepts: its Python type, allowed choices or numeric bounds."""
+
+    kind: type
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+KEYS: dict[str, KeySpec] = {
+    "hidden": KeySpec(int, low=1, high=MAX_HIDDEN),
+    "bias": KeySpec(str, choices=BIASES),
+    "activation": KeySpec(str, choices=ACTIVATIONS),
+    "optimizer": KeySpec(str, choices=OPTIMIZERS),
+    "lr": KeySpec(float, low=0.0, high=math.inf),
+    "data": KeySpec(str, choices=DATASETS),
+    "loss": KeySpec(str, choices=LOSSES),
+    "init": KeySpec(str, choices=INITS),
+    "scaling": KeySpec(str, choices=SCALINGS),
+    "steps": KeySpec(int, low=1, high=10_000_000),
+    "precision": KeySpec(str, choices=PRECISIONS),
+}
+
+DEFAULTS: dict[str, Any] = {
+    "hidden": 4,
+    "bias": "both",
+    "activation": "tanh",
+    "optimizer": "adam",
+    "lr": 0.01,
+    "data": "uniform1000",
+    "loss": "sum",
+    "init": "torch",
+    "scaling": "none",
+    "steps": 2000,
+    "precision": "float32",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One model recipe. Every model of a trial shares it; only the init seed differs."""
+
+    hidden: int
+    bias: str
+    activation: str
+    optimizer: str
+    lr: float
+    data: str
+    loss: str
+    init: str
+    scaling: str
+    steps: int
+    precision: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def n_params(self) -> int:
+        """Trainable parameters: w1 and w2 (H each) plus the biases the placement keeps."""
+        n = 2 * self.hidden
+        if self.bias in ("hidden", "both"):
+            n += self.hidden
+        if self.bias in ("output", "both"):
+            n += 1
+        return n
+
+
+CONFIG_KEYS = tuple(f.name for f in fields(Config))
+assert set(CONFIG_KEYS) == set(KEYS) == set(DEFAULTS)
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """A searched key: categorical `choices`, or a numeric range `low..high` (optionally log).
+
+    `grid` lists the values a grid spec visits for a numeric range.
+    """
+
+    name: str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    grid: tuple[float, ...] | None = None
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        return self.low <= value <= self.high
+
+    def grid_values(self) -> tuple[Any, ...]:
+        if self.choices is not None:
+            return self.choices
+        if self.grid is None:
+            raise ValueError(f"dimension {self.name!r} has no grid values")
+        return self.grid
+
+
+class TrialLike(Protocol):
+    """The slice of `optuna.trial.Trial` this module uses (keeps the engine side Optuna-free)."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int: ...
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False) -> float: ...
+
+
+def suggest(trial: TrialLike, dims: dict[str, Dimension], fixed: dict[str, Any]) -> Config:
+    """Draw a Config from `trial` for the searched keys; the rest come from `fixed`."""
+    values = dict(fixed)
+    for name, dim in dims.items():
+        if dim.choices is not None:
+            values[name] = trial.suggest_categorical(name, list(dim.choices))
+        elif KEYS[name].kind is int:
+            values[name] = trial.suggest_int(name, int(dim.low), int(dim.high), log=dim.log)
+        else:
+            values[name] = trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log)
+    return Config(**values)
+
+
+def distributions(dims: dict[str, Dimension]) -> dict[str, Any]:
+    """The Optuna distribution of each searched key (for enqueueing and fixed trials)."""
+    import optuna.distributions as d
+
+    out: dict[str, Any] = {}
+    for name, dim in dims.items():
+        if dim.choices is not None:
+            out[name] = d.CategoricalDistribution(list(dim.choices))
+        elif KEYS[name].kind is int:
+            out[name] = d.IntDistribution(int(dim.low), int(dim.high), log=dim.log)
+        else:
+            out[name] = d.FloatDistribution(float(dim.low), float(dim.high), log=dim.log)
+    return out

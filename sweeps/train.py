@@ -1,0 +1,170 @@
+"""The engine: train many (config, seed) models as batched tensor programs; no Optuna here.
+
+`fit(jobs, …)` groups the jobs by code path (everything but hidden size, bias placement, init and
+learning rate must match to share a batch), sorts each group by hidden size so padding stays small,
+cuts it into batches of `batch_size` models and trains each batch with one `BatchModel`. Results
+come back in the order of `jobs`. A model's numbers depend only on its own config and seed, never on
+its batch-mates (up to float rounding from padding, which the tests bound).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from . import data as datasets
+from .model import BatchModel, init_one, mask_one, pad, unpad
+from .optimizers import FirstOrder
+from .space import Config
+
+# A model whose training MSE passes this (targets are sin(x), |y| <= 1) or turns NaN/inf has
+# diverged: it is frozen where it stands and reported as such.
+DIVERGENCE_MSE = 1e6
+CURVE_POINTS = 24
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to train: a config and the seed of its initial weights."""
+
+    config: Config
+    seed: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """What training one model produced."""
+
+    test_mse: float  # mean squared error on the 1001-point grid over [0, 10]; inf if diverged
+    train_mse: float  # on the training set after the last step; inf if diverged
+    steps: int  # optimizer steps taken (up to divergence)
+    diverged_at: int | None  # step at which the loss went non-finite or past DIVERGENCE_MSE
+    params: tuple[float, ...] | None  # fitted parameters, own layout [w1|b1|w2|b2]; None if diverged
+    curve: tuple[tuple[int, float], ...]  # (step, training MSE) at log-spaced steps
+
+    @property
+    def diverged(self) -> bool:
+        return self.diverged_at is not None
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present, else CPU; `cuda` without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("CUDA was requested (--device cuda) but torch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Models per batch: large on a GPU; ~256 on a CPU, where bigger batches fall out of cache."""
+    return 4096 if device.type == "cuda" else 256
+
+
+def group_key(config: Config) -> tuple:
+    """Models that may share a batch agree on everything but hidden, bias, init and lr."""
+    return (config.activation, config.optimizer, config.data, config.loss, config.scaling,
+            config.steps, config.precision)
+
+
+def curve_steps(steps: int) -> list[int]:
+    """Log-spaced steps (0 and `steps` included) at which the training MSE is recorded."""
+    points = {0, steps}
+    for i in range(CURVE_POINTS):
+        points.add(int(round(steps ** (i / (CURVE_POINTS - 1)))))
+    return sorted(p for p in points if 0 <= p <= steps)
+
+
+def fit(jobs: Sequence[Job], *, device: torch.device, batch_size: int, data_seed: int = 0,
+        on_batch: Callable[[int], None] | None = None) -> list[Result]:
+    """Train every job; returns results in job order. `on_batch(n)` is called after each batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    groups: dict[tuple, list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[group_key(job.config)].append(i)
+    results: list[Result | None] = [None] * len(jobs)
+    cache: dict[str, datasets.Dataset] = {}
+    for indices in groups.values():
+        indices.sort(key=lambda i: jobs[i].config.hidden)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            name = jobs[chunk[0]].config.data
+            if name not in cache:
+                cache[name] = datasets.make(name, data_seed)
+            for i, res in zip(chunk, fit_batch([jobs[i] for i in chunk], cache[name], device)):
+                results[i] = res
+            if on_batch is not None:
+                on_batch(len(chunk))
+    return results  # type: ignore[return-value]
+
+
+def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device) -> list[Result]:
+    """Train one batch of jobs sharing a code path (see `group_key`) on one data set."""
+    first = jobs[0].config
+    assert all(group_key(j.config) == group_key(first) for j in jobs), "mixed code paths in a batch"
+    dtype = torch.float64 if first.precision == "float64" else torch.float32
+    hidden = max(j.config.hidden for j in jobs)
+    P = torch.stack([pad(init_one(j.config, j.seed), j.config.hidden, hidden) for j in jobs])
+    mask = torch.stack([pad(mask_one(j.config), j.config.hidden, hidden) for j in jobs])
+    lr = torch.tensor([j.config.lr for j in jobs], dtype=torch.float64)
+    shift, scale = datasets.scaler(data.x, first.scaling)
+    to = dict(device=device, dtype=dtype)
+    x = ((data.x - shift) / scale).to(**to)
+    model = BatchModel(hidden, first.activation, x, data.y.to(**to), first.loss)
+    P, mask = P.to(**to), mask.to(**to)
+    n = x.numel()
+
+    opt = FirstOrder(first.optimizer, lr, P.shape, dtype, device)
+    steps = first.steps
+    checkpoints = curve_steps(steps)
+    curve = torch.full((len(jobs), len(checkpoints)), math.nan, **to)
+    check_at = {s: c for c, s in enumerate(checkpoints)}
+    active = torch.ones(len(jobs), dtype=torch.bool, device=device)
+    diverged_at = torch.full((len(jobs),), -1, dtype=torch.long, device=device)
+
+    for step in range(steps + 1):
+        if step < steps:
+            sse, grad = model.sse_and_grad(P, mask)
+        else:
+            sse = model.sse(P)  # the loss after the last update
+        mse = sse / n
+        ok = torch.isfinite(mse) & (mse < DIVERGENCE_MSE)
+        diverged_at = torch.where(active & ~ok, step, diverged_at)
+        active = active & ok
+        if step in check_at:
+            curve[:, check_at[step]] = torch.where(active, mse, math.nan)
+        if step == steps:
+            break
+        opt.step(P, grad, active)
+        # A cheap host sync now and then lets a batch whose every model diverged stop early.
+        if step % 256 == 255 and not bool(active.any()):
+            break
+
+    with torch.no_grad():
+        x_test = ((data.x_test - shift) / scale).to(**to)
+        test_mse = ((model.predict(P, x_test) - data.y_test.to(**to)) ** 2).mean(1)
+        train_mse = model.sse(P) / n
+
+    rows = P.to("cpu", torch.float64)
+    div = diverged_at.cpu().tolist()
+    test, train = test_mse.cpu().tolist(), train_mse.cpu().tolist()
+    curves = curve.cpu().tolist()
+    out = []
+    for k, job in enumerate(jobs):
+        d = div[k] if div[k] >= 0 else None
+        out.append(Result(
+            test_mse=math.inf if d is not None else test[k],
+            train_mse=math.inf if d is not None else train[k],
+            steps=d if d is not None else steps,
+            diverged_at=d,
+            params=None if d is not None else tuple(unpad(rows[k], job.config.hidden, hidden).tolist()),
+            curve=tuple((s, c) for s, c in zip(checkpoints, curves[k]) if not math.isnan(c)),
+        ))
+    return out

@@ -1,0 +1,118 @@
+"""The batched optimizers against torch.optim on the same model, and batch independence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sweeps import data as datasets
+from sweeps.model import Layout, init_one
+from sweeps.train import Job, fit, fit_batch
+from conftest import config
+
+TORCH_ACT = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
+             "softplus": F.softplus, "sin": torch.sin}
+
+
+def torch_optim_trajectory(cfg, seed, steps, data):
+    """Train one model the way a tutorial would: nn.Parameters, autograd, torch.optim."""
+    flat = init_one(cfg, seed)
+    L = Layout(cfg.hidden)
+    w1 = torch.nn.Parameter(flat[L.w1].clone())
+    w2 = torch.nn.Parameter(flat[L.w2].clone())
+    params = [w1, w2]
+    b1 = torch.nn.Parameter(flat[L.b1].clone()) if cfg.bias in ("hidden", "both") else None
+    b2 = torch.nn.Parameter(flat[L.b2].clone()) if cfg.bias in ("output", "both") else None
+    params += [p for p in (b1, b2) if p is not None]
+    opt = {
+        "sgd": lambda: torch.optim.SGD(params, lr=cfg.lr),
+        "momentum": lambda: torch.optim.SGD(params, lr=cfg.lr, momentum=0.9),
+        "adam": lambda: torch.optim.Adam(params, lr=cfg.lr, foreach=False),
+        "rmsprop": lambda: torch.optim.RMSprop(params, lr=cfg.lr, foreach=False),
+    }[cfg.optimizer]()
+    x, y = data.x[:, None], data.y
+    act = TORCH_ACT[cfg.activation]
+
+    def forward(xx):
+        z = xx * w1 + (b1 if b1 is not None else 0.0)
+        return act(z) @ w2 + (b2 if b2 is not None else 0.0)
+
+    for _ in range(steps):
+        opt.zero_grad()
+        r = forward(x) - y
+        loss = (r * r).sum() if cfg.loss == "sum" else (r * r).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        test = ((forward(data.x_test[:, None]) - data.y_test) ** 2).mean().item()
+        zero = torch.zeros(1, dtype=torch.float64)
+        own = torch.cat([w1, b1 if b1 is not None else zero.expand(cfg.hidden), w2, b2 if b2 is not None else zero])
+    return own.detach(), test
+
+
+CASES = [
+    ("sgd", "relu", "none", 1e-4, "sum"),
+    ("sgd", "tanh", "both", 1e-3, "sum"),
+    ("momentum", "sigmoid", "hidden", 1e-3, "sum"),
+    ("momentum", "sin", "output", 0.05, "mean"),
+    ("adam", "tanh", "both", 0.01, "sum"),
+    ("adam", "gelu", "hidden", 0.01, "mean"),
+    ("rmsprop", "softplus", "both", 1e-3, "sum"),
+    ("rmsprop", "relu", "output", 0.003, "mean"),
+]
+
+
+@pytest.mark.parametrize("optimizer,activation,bias,lr,loss", CASES)
+def test_batch_of_one_matches_torch_optim(optimizer, activation, bias, lr, loss):
+    cfg = config(hidden=4, optimizer=optimizer, activation=activation, bias=bias, lr=lr, loss=loss,
+                 data="r50", steps=150, precision="float64")
+    data = datasets.make("r50")
+    (res,) = fit_batch([Job(cfg, 11)], data, torch.device("cpu"))
+    ref_params, ref_test = torch_optim_trajectory(cfg, 11, 150, data)
+    torch.testing.assert_close(torch.tensor(res.params, dtype=torch.float64), ref_params, rtol=1e-9, atol=1e-11)
+    assert math.isclose(res.test_mse, ref_test, rel_tol=1e-8)
+
+
+def _mixed_jobs(optimizer):
+    return [Job(config(hidden=h, bias=b, lr=lr, optimizer=optimizer, activation="tanh", data="r50",
+                       steps=120, precision="float64", init=init), seed)
+            for seed, (h, b, lr, init) in enumerate([(1, "none", 1e-3, "torch"), (7, "both", 3e-3, "nnet"),
+                                                    (3, "hidden", 1e-3, "normal"), (12, "output", 1e-4, "torch"),
+                                                    (4, "both", 2e-3, "nnet")])]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
+def test_each_member_of_a_mixed_batch_matches_training_alone(optimizer):
+    jobs = _mixed_jobs(optimizer)
+    together = fit(jobs, device=torch.device("cpu"), batch_size=len(jobs))
+    alone = fit(jobs, device=torch.device("cpu"), batch_size=1)
+    for a, b in zip(together, alone):
+        # Padding changes only the order of float64 sums over hidden units.
+        torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64), rtol=1e-9, atol=1e-12)
+        assert math.isclose(a.test_mse, b.test_mse, rel_tol=1e-9)
+        assert a.steps == b.steps == 120
+
+
+def test_a_diverging_model_does_not_touch_its_batch_mates():
+    jobs = _mixed_jobs("sgd")
+    bad = Job(config(hidden=4, bias="both", lr=50.0, optimizer="sgd", activation="tanh", data="r50",
+                     steps=120, precision="float64"), 99)
+    clean = fit(jobs, device=torch.device("cpu"), batch_size=16)
+    mixed = fit(jobs[:2] + [bad] + jobs[2:], device=torch.device("cpu"), batch_size=16)
+    worst = mixed.pop(2)
+    assert worst.diverged and worst.diverged_at is not None and worst.diverged_at < 120
+    assert worst.test_mse == math.inf and worst.params is None and worst.steps == worst.diverged_at
+    for a, b in zip(clean, mixed):
+        assert not b.diverged
+        torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+
+
+def test_results_come_back_in_job_order_across_groups():
+    jobs = [Job(config(hidden=h, activation=a, data="r50", steps=20), s)
+            for s, (h, a) in enumerate([(8, "tanh"), (2, "relu"), (5, "tanh"), (1, "relu")])]
+    res = fit(jobs, device=torch.device("cpu"), batch_size=2)
+    for job, r in zip(jobs, res):
+        assert len(r.params) == Layout(job.config.hidden).width
