@@ -15,7 +15,7 @@ PORT ?= 8080
 QUICK ?=
 SWEEP_FLAGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
 
-.PHONY: help install sweep worker list show test test-all bench dashboard report clean
+.PHONY: help install sweep worker list show dashboard report bench nnet-reference test test-all clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,18 @@ list: install ## the studies in STORAGE with counts and best values
 
 show: install ## a study's best trials: make show STUDY=default
 	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) --storage $(STORAGE)
+
+dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (loopback only by default)
+	$(PY) -m sweeps dashboard --storage $(STORAGE) --host $(HOST) --port $(PORT)
+
+report: install ## tables, figures and an HTML/Markdown report: make report [STUDY=name]
+	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) --storage $(STORAGE)
+
+bench: install ## measured throughput, batched vs one at a time (QUICK=1: under a minute); writes bench.json
+	$(PY) -m sweeps.bench $(if $(QUICK),--quick) --out bench.json
+
+nnet-reference: install ## R's own nnet on the same data and seeds (needs Rscript and r-cran-nnet)
+	$(PY) -m sweeps.nnet_reference --storage $(STORAGE)
 
 test: install ## the fast test suite
 	$(PY) -m pytest -q
