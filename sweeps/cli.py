@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeps run|worker|list|show|specs` (also installed as `sweeps`).
+"""Command line: `python -m sweeps run|worker|list|show|specs|dashboard` (also installed as `sweeps`).
 
 Exit codes: 0 done, 1 a failure while running, 2 bad input (spec, flags, storage, study name),
 130 interrupted (finished trials kept, the round in flight failed and retried on the next run).
@@ -11,6 +11,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from . import dashboard
 from . import spec as specs
 from . import storage as st
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--storage", default=specs.DEFAULT_STORAGE)
     sh.add_argument("--top", type=_positive_int, default=10)
     sub.add_parser("specs", help="the bundled specs")
+    dashboard.add_cli(sub)
     return p
 
 
@@ -82,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _show(args)
         if args.command == "specs":
             return _specs()
+        if args.command == "dashboard":
+            return dashboard.run_cli(args)
     except specs.SpecError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except st.StorageError as exc:

@@ -9,6 +9,7 @@ forward pass, loss and gradient involve only its own row, so models never mix.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,20 +138,43 @@ def unpad(row: torch.Tensor, hidden: int, from_hidden: int) -> torch.Tensor:
     return torch.cat([row[getattr(big, n)][:hidden] for n in ("w1", "b1", "w2")] + [row[big.b2]])
 
 
+def runs(names: Sequence[str]) -> list[tuple[str, slice]]:
+    """Contiguous runs of equal names: [(name, rows)]. A batch is sorted so that each optimizer
+    covers one run of rows, and gets one op per run instead of one per model."""
+    out: list[tuple[str, slice]] = []
+    start = 0
+    for i in range(1, len(names) + 1):
+        if i == len(names) or names[i] != names[start]:
+            out.append((names[start], slice(start, i)))
+            start = i
+    return out
+
+
 class BatchModel:
     """K stacked 1-H-1 networks sharing one activation and one training set.
 
     `x` and `t` are the (already scaled) inputs and the targets, shape [N], on the batch's device
-    and dtype. `reduction` is "sum" (the question's and nnet's loss) or "mean".
+    and dtype. `reduction` is "sum" (the question's and nnet's loss) or "mean", for the whole batch
+    or one per model. `compiled` runs the training step through torch.compile (see
+    `compiled_sse_and_grad`): the same arithmetic, fused.
     """
 
-    def __init__(self, hidden: int, activation: str, x: torch.Tensor, t: torch.Tensor, reduction: str) -> None:
+    def __init__(self, hidden: int, activation: str, x: torch.Tensor, t: torch.Tensor,
+                 reduction: str | Sequence[str], compiled: bool = False) -> None:
         self.layout = Layout(hidden)
+        self.activation = activation
         self.act, self.dact = ACTIVATIONS[activation]
+        self.compiled = compiled
         self.x = x
         self.t = t
-        self.scale = 2.0 if reduction == "sum" else 2.0 / x.numel()
-        self.reduction = reduction
+        n = x.numel()
+        if isinstance(reduction, str):
+            self.scale: float | torch.Tensor = 2.0 if reduction == "sum" else 2.0 / n
+            self.per_n: float | torch.Tensor = 1.0 if reduction == "sum" else 1.0 / n
+        else:
+            sums = [r == "sum" for r in reduction]
+            self.per_n = torch.tensor([1.0 if s else 1.0 / n for s in sums], dtype=x.dtype, device=x.device)
+            self.scale = torch.tensor([[2.0 if s else 2.0 / n] for s in sums], dtype=x.dtype, device=x.device)
 
     def _hidden(self, P: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         L = self.layout
@@ -174,28 +198,50 @@ class BatchModel:
 
     def loss(self, P: torch.Tensor) -> torch.Tensor:
         """The training loss per model [K] (sum or mean of squared errors)."""
-        sse = self.sse(P)
-        return sse if self.reduction == "sum" else sse / self.x.numel()
+        return self.sse(P) * self.per_n
 
     def sse_and_grad(self, P: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """SSE per model [K] and the masked gradient of the loss w.r.t. P [K, D]."""
-        L = self.layout
-        z, a = self._hidden(P, self.x)  # [K, H, N]
-        r = self._output(P, a) - self.t  # [K, N]
-        sse = (r * r).sum(1)
-        g = self.scale * r  # dLoss/dy
-        # dLoss/dz[k, h, n] = w2[k, h] * g[k, n] * act'(z)
-        dz = (P[:, L.w2, None] * g[:, None, :]) * self.dact(z, a)
-        grad = torch.cat(
-            [
-                torch.matmul(dz, self.x),  # w1: sum_n dz * x
-                dz.sum(2),  # b1
-                torch.bmm(a, g[:, :, None]).squeeze(2),  # w2: sum_n a * g
-                g.sum(1, keepdim=True),  # b2
-            ],
-            dim=1,
-        )
-        return sse, grad * mask
+        fn = compiled_sse_and_grad(self.activation) if self.compiled else sse_and_grad
+        return fn(P, mask, self.x, self.t, self.scale, self.act, self.dact)
+
+
+def sse_and_grad(P: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
+                 scale: float | torch.Tensor, act: Act, dact: DAct) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's SSE [K] and masked loss gradient [K, D], in closed form (the hot path).
+
+    The hidden size comes from P's shape, so a compiled version serves every hidden size.
+    """
+    h = (P.shape[1] - 1) // 3
+    w1, b1, w2, b2 = P[:, :h], P[:, h:2 * h], P[:, 2 * h:3 * h], P[:, 3 * h:]
+    z = torch.addcmul(b1[:, :, None], w1[:, :, None], x[None, None, :])  # [K, H, N]
+    a = act(z)
+    r = torch.baddbmm(b2[:, :, None], w2[:, None, :], a).squeeze(1) - t  # [K, N]
+    sse = (r * r).sum(1)
+    g = scale * r  # dLoss/dy
+    # dLoss/dz[k, h, n] = w2[k, h] * g[k, n] * act'(z)
+    dz = (w2[:, :, None] * g[:, None, :]) * dact(z, a)
+    grad = torch.cat(
+        [
+            torch.matmul(dz, x),  # w1: sum_n dz * x
+            dz.sum(2),  # b1
+            torch.bmm(a, g[:, :, None]).squeeze(2),  # w2: sum_n a * g
+            g.sum(1, keepdim=True),  # b2
+        ],
+        dim=1,
+    )
+    return sse, grad * mask
+
+
+@functools.cache
+def compiled_sse_and_grad(activation: str) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """`sse_and_grad` fused by torch.compile (one graph per activation, any K, H, N)."""
+    import torch._dynamo
+
+    # Activations, dtypes and loss scalings each add a graph; the default limit of 8 would
+    # silently fall back to eager for the rest.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(sse_and_grad, dynamic=True)
 
 
 def predict_params(params: Sequence[float], hidden: int, activation: str, x: torch.Tensor,

@@ -9,7 +9,11 @@ Models whose `active` flag is off (diverged) are left exactly as they are.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+
+from .model import runs
 
 MOMENTUM = 0.9
 ADAM_BETAS = (0.9, 0.999)
@@ -50,3 +54,22 @@ class FirstOrder:
             update = self.lr * (grad / (self.v.sqrt() + EPS))
         # where, not a product: a diverged model's NaN update must not touch its row at all.
         P.sub_(torch.where(active[:, None], update, 0.0))
+
+
+class Optimizers:
+    """One batched optimizer per contiguous run of rows that share an optimizer name.
+
+    A batch sorted by optimizer is thus updated with a handful of ops per step, however many
+    models it holds; each run keeps its own state, so the rules above hold model by model.
+    """
+
+    def __init__(self, names: Sequence[str], lr: torch.Tensor, width: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        parts = runs(list(names))
+        whole = len(parts) == 1
+        self.parts = [(FirstOrder(name, lr[rows], torch.Size((rows.stop - rows.start, width)), dtype, device),
+                       slice(None) if whole else rows) for name, rows in parts]
+
+    def step(self, P: torch.Tensor, grad: torch.Tensor, active: torch.Tensor) -> None:
+        for opt, rows in self.parts:
+            opt.step(P[rows], grad[rows], active[rows])  # P[rows] is a view: updated in place

@@ -1,17 +1,30 @@
 """The runner: Optuna asks for configurations, the engine trains them in batches, Optuna is told.
 
-One round: fail stale trials of dead workers (their retries come back as queued trials), ask for
-up to `batch_size // seeds` trials, expand each into its seeds, train all of them with
-`train.fit`, write every trial's attributes in one transaction and tell Optuna each value. The
-budget is global: trials finished by any worker count, so rerunning a finished study, or starting
-more workers on it, does no duplicate work. Grid specs and `[[enqueue]]` entries are queued in the
-study once, when it is created, and popped atomically by `study.ask()`.
+Any number of runners (`sweeps run`, `sweeps worker`, on one host or many) may work on one study.
+One round, under the study's lock (`storage.study_lock`): fail the trials of workers that stopped
+beating (their retries come back queued), queue grid cells that lost their trial, count the global
+budget, claim up to `batch_size // seeds` trials (popping queued ones first) and record their first
+heartbeat. Then, lock released: train every trial's seeds with `train.fit` (a thread keeps their
+heartbeats going), write all attributes in one transaction and tell Optuna each value.
+
+The budget is global (`recovery.counts`): rerunning a finished study or adding workers does no
+duplicate work. Grid cells and `[[enqueue]]` entries are queued in the study and only ever popped,
+never sampled, so each cell is COMPLETE exactly once. When nothing is left to claim but other
+workers still have trials in flight, a worker waits for them (a dead worker's trials are failed
+after the grace period and retried) and exits when the study is done.
+
+SIGINT/SIGTERM: never acted on in the middle of a storage write (the signal is noted and acted on
+at the next safe point); during training at once. The trials in flight are failed with
+`fail_reason = "interrupted"` and re-queued, finished ones are kept, `Interrupted` is raised. A
+second signal stops waiting for a safe point (anything then left RUNNING is retried after the
+grace period, like a crash). CUDA out of memory halves the engine's batch size and goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import signal
 import threading
 import time
@@ -21,17 +34,21 @@ from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from . import data as datasets
+from . import recovery as rec
 from . import storage as st
+from .recovery import DIVERGED, FAIL_REASON, INTERRUPTED
+from .space import Config, suggest
 from .spec import Spec
-from .space import suggest
 from .summary import host, summarise, versions
-from .train import Job, default_batch_size, fit, resolve_device
+from .train import Job, Result, default_batch_size, fit, resolve_device
 
-FAIL_REASON = "fail_reason"
-DIVERGED = "diverged"
+__all__ = ["DIVERGED", "FAIL_REASON", "Interrupted", "Options", "RunSummary", "StudyMismatch", "run"]
+
+WAIT_POLL_S = 5.0  # how often an idle worker looks at the others' trials in flight
 
 
 class StudyMismatch(RuntimeError):
@@ -83,8 +100,7 @@ def make_sampler(spec: Spec, seed: int) -> optuna.samplers.BaseSampler:
     if spec.sampler == "tpe":
         # Optuna 5 defaults: multivariate, constant_liar (we ask a whole round before telling).
         return optuna.samplers.TPESampler(seed=seed)
-    # Grid cells are queued in the study (exactly once across workers); the random sampler only
-    # ever draws if a queued cell was taken by another worker between our check and our ask.
+    # Grid specs only pop queued cells; this sampler never draws for them.
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -95,12 +111,39 @@ def budget_of(spec: Spec, trials: int | None) -> int:
     return budget
 
 
+def queued_cells(spec: Spec) -> list[dict[str, Any]]:
+    """The configurations kept in the study's queue: `[[enqueue]]` entries, then grid cells."""
+    return list(spec.enqueue) + (spec.grid_cells() if spec.sampler == "grid" else [])
+
+
 def open_study(spec: Spec, storage: optuna.storages.BaseStorage, name: str, seed: int) -> optuna.Study:
-    """Create the study (queueing its fixed trials) or load it, checking the space is unchanged."""
-    sampler = make_sampler(spec, seed)
+    """Create the study or load it, checking the space is unchanged. Call under the study's lock.
+
+    The sampler's seed moves on with every opening (trials so far, earlier openings): a sampler
+    seeded the same on every run, or in every worker started together, would re-propose the same
+    first configurations. The first opening of a study uses `seed` itself.
+    """
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, direction="minimize")
+        study_id: int | None = storage.get_study_id_from_name(name)
+    except KeyError:
+        study_id = None
+    if study_id is None:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec, seed),
+                                    direction="minimize")
         study.set_metric_names(["test_mse_median"])
+        opens = 0
+    else:
+        attrs = storage.get_study_user_attrs(study_id)
+        stored = attrs.get("space_hash")
+        if stored is not None and stored != spec.space_hash():
+            raise StudyMismatch(
+                f"study {name!r} in this storage was made from a different search space or fixed settings "
+                f"than {spec.path}; run it under a new name (--study NEW_NAME) or restore the spec")
+        opens = int(attrs.get("opens", 1))
+        n_trials = len(storage.get_all_trials(study_id, deepcopy=False))
+        study = optuna.load_study(study_name=name, storage=storage,
+                                  sampler=make_sampler(spec, seed + n_trials + 100_003 * opens))
+    if "space_hash" not in study.user_attrs:  # new, or its creator died before writing these
         study.set_user_attr("spec", {"name": spec.name, "path": spec.path, "description": spec.description,
                                      "sampler": spec.sampler, "seeds": spec.seeds,
                                      "success_threshold": spec.success_threshold, "data_seed": spec.data_seed,
@@ -108,47 +151,63 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, name: str, seed
                                      "space": {k: {kk: vv for kk, vv in vars(d).items() if vv is not None}
                                                for k, d in spec.space.items()}})
         study.set_user_attr("space_hash", spec.space_hash())
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
-        stored = study.user_attrs.get("space_hash")
-        if stored is not None and stored != spec.space_hash():
-            raise StudyMismatch(
-                f"study {name!r} in this storage was made from a different search space or fixed settings "
-                f"than {spec.path}; run it under a new name (--study NEW_NAME) or restore the spec") from None
-    if not study.user_attrs.get("queued"):
-        # Idempotent: a worker that died while queueing is completed by the next one.
-        for params in list(spec.enqueue) + (spec.grid_cells() if spec.sampler == "grid" else []):
-            study.enqueue_trial(params, skip_if_exists=True)
-        study.set_user_attr("queued", True)
+    study.set_user_attr("opens", opens + 1)
     return study
 
 
-def _counts(study: optuna.Study) -> dict[str, int]:
-    done = running = waiting = 0
-    for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) == DIVERGED):
-            done += 1
-        elif t.state == TrialState.RUNNING:
-            running += 1
-        elif t.state == TrialState.WAITING:
-            waiting += 1
-    return {"done": done, "running": running, "waiting": waiting}
+class _Signals:
+    """SIGINT/SIGTERM: raise KeyboardInterrupt inside `interruptible()`, else note it for `check()`."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self._raise_now = False
+
+    def _handler(self, signum: int, _frame: object) -> None:
+        second = self.pending is not None
+        self.pending = signum
+        if self._raise_now or second:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only; an embedding caller handles them
+            return
+        old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self.check()
+        self._raise_now = True
+        try:
+            yield
+        finally:
+            self._raise_now = False
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise KeyboardInterrupt
 
 
 class _Heartbeat:
     """Records heartbeats for the trials in flight, from a thread, while the engine trains."""
 
-    def __init__(self, storage: optuna.storages.BaseStorage, interval: float) -> None:
-        self.storage, self.interval = storage, interval
-        self.trial_ids: list[int] = []
+    def __init__(self, storage: optuna.storages.BaseStorage, interval: float, trial_ids: list[int]) -> None:
+        self.storage, self.interval, self.trial_ids = storage, interval, trial_ids
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="sweeps-heartbeat", daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            for tid in list(self.trial_ids):
+            ids = list(self.trial_ids)
+            if ids:
                 with contextlib.suppress(Exception):  # a missed beat is retried next interval
-                    self.storage.record_heartbeat(tid)
+                    st.record_heartbeats(self.storage, ids)
 
     def __enter__(self) -> "_Heartbeat":
         self._thread.start()
@@ -159,130 +218,206 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-@contextlib.contextmanager
-def _signals_raise() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the duration (SIGINT already is one)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def fit_halving(jobs: list[Job], *, device: torch.device, batch_size: int, data_seed: int,
+                echo: Any = print) -> tuple[list[Result], int]:
+    """`train.fit`, halving the batch size on CUDA out-of-memory until it fits (or 1 does not).
 
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    Returns the results and the batch size that worked, which the caller keeps for later rounds.
+    """
+    while True:
+        try:
+            return fit(jobs, device=device, batch_size=batch_size, data_seed=data_seed), batch_size
+        except torch.cuda.OutOfMemoryError as exc:
+            if batch_size <= 1:
+                raise RuntimeError(f"out of memory on {device} even one model at a time") from exc
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            batch_size = max(1, batch_size // 2)
+            echo(f"out of memory on {device}: batch size halved to {batch_size}, retrying the round")
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+
+@dataclass
+class _Claim:
+    trials: list[optuna.Trial]
+    configs: list[Config]
+
+
+class _Worker:
+    """One runner's state across rounds: its trials in flight and the batch size that fits."""
+
+    def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: Spec, *, name: str,
+                 budget: int, per_round: int, base_seed: int, device: torch.device, batch_size: int,
+                 echo: Any) -> None:
+        self.study, self.spec, self.name, self.budget, self.per_round = study, spec, name, budget, per_round
+        self.base_seed, self.device, self.batch_size, self.echo = base_seed, device, batch_size, echo
+        self.storage = storage  # the RDBStorage itself (the study holds a caching wrapper of it)
+        self.in_flight: list[int] = []  # trial ids claimed and not yet told (the heartbeat reads it)
+        self.cells = queued_cells(spec)
+        self.warned_given_up = False
+        self.run_info = {"device": str(device), **versions(), "host": host(), "spec": spec.name,
+                         "spec_hash": spec.space_hash(), "pid": os.getpid()}
+
+    def claim(self) -> tuple[_Claim | None, rec.Counts]:
+        """Under the study's lock: recover, count, claim. None when there is nothing to claim."""
+        with st.study_lock(self.storage, self.name):
+            lost = rec.fail_stale(self.study)
+            if lost:
+                self.echo(f"trial(s) {', '.join(map(str, lost))} lost their worker (no heartbeat for "
+                          f"{self.storage.grace_period} s): failed and re-queued")
+            counts = rec.counts(self.study)
+            if counts.done < self.budget:
+                queueing = rec.ensure_queued(self.study, self.cells, max_attempts=1 + st.MAX_RETRY)
+                if queueing.queued:
+                    counts = rec.Counts(counts.done, counts.running, counts.waiting + queueing.queued)
+                if queueing.given_up and not self.warned_given_up:
+                    self.warned_given_up = True
+                    self.echo(f"warning: {len(queueing.given_up)} queued configuration(s) failed "
+                              f"{1 + st.MAX_RETRY} times and are not retried (last tries: trial(s) "
+                              f"{', '.join(map(str, queueing.given_up))})")
+            n = min(self.budget - counts.done - counts.running, self.per_round)
+            if self.spec.sampler == "grid":
+                n = min(n, counts.waiting)
+            if n <= 0:
+                return None, counts
+            trials = self._ask(n)
+            if not trials:
+                return None, counts
+            st.record_heartbeats(self.storage, self.in_flight)  # at once: a trial never beaten is never stale
+            # Suggest under the lock too: the next worker's sampler then sees these parameters.
+            configs = [suggest(t, self.spec.space, self.spec.fixed) for t in trials]
+            return _Claim(trials, configs), counts
+
+    def _ask(self, n: int) -> list[optuna.Trial]:
+        trials = []
+        for _ in range(n):
+            if self.spec.sampler == "grid":
+                # Pop only: study.ask() on an empty queue would create a trial outside the grid.
+                trial_id = self.study._pop_waiting_trial_id()
+                if trial_id is None:
+                    break
+                trial = optuna.Trial(self.study, trial_id)
+            else:
+                trial = self.study.ask()
+            self.in_flight.append(trial._trial_id)
+            trials.append(trial)
+        return trials
+
+    def train_and_tell(self, claim: _Claim, signals: _Signals) -> tuple[int, int]:
+        """Train the claimed trials, then write and tell them. Returns (models, trials told)."""
+        spec, trials, configs = self.spec, claim.trials, claim.configs
+        seeds = [[model_seed(self.base_seed, t.number, s) for s in range(spec.seeds)] for t in trials]
+        jobs = [Job(c, s) for c, ss in zip(configs, seeds) for s in ss]
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        t0 = time.perf_counter()
+        with signals.interruptible():
+            results, self.batch_size = fit_halving(jobs, device=self.device, batch_size=self.batch_size,
+                                                   data_seed=spec.data_seed, echo=self.echo)
+        wall = time.perf_counter() - t0
+        run = {**self.run_info, "batch_size": self.batch_size, "started": started, "round_wall_s": wall,
+               "round_trials": len(trials), "wall_time_s": wall / len(trials)}
+        outcomes = []
+        for i, (trial, config) in enumerate(zip(trials, configs)):
+            res = results[i * spec.seeds:(i + 1) * spec.seeds]
+            shift, scale = datasets.scaler(datasets.make(config.data, spec.data_seed).x, config.scaling)
+            outcome = summarise(config, seeds[i], res, threshold=spec.success_threshold, shift=shift, scale=scale,
+                                run=run)
+            if outcome.value is None:
+                outcome.attrs[FAIL_REASON] = DIVERGED
+                outcome.attrs["fail_detail"] = outcome.reason
+            outcomes.append(outcome)
+        written = set(st.write_user_attrs(self.study, [(t._trial_id, o.attrs) for t, o in zip(trials, outcomes)]))
+        told = 0
+        for trial, outcome in zip(trials, outcomes):
+            # Not written: another worker failed it as stale meanwhile; its retry redoes it.
+            if trial._trial_id in written:
+                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                    if outcome.value is None:
+                        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    else:
+                        self.study.tell(trial, outcome.value, skip_if_finished=True)
+                    told += 1
+        self.in_flight.clear()
+        return len(jobs), told
+
+    def abandon(self, reason: str) -> int:
+        """Fail and re-queue the trials in flight (best effort: the storage may be what failed)."""
+        if not self.in_flight:
+            return 0
+        failed = 0
+        with contextlib.suppress(Exception):
+            with st.study_lock(self.storage, self.name):
+                failed = rec.abandon(self.study, list(self.in_flight), reason)
+        self.in_flight.clear()
+        return failed
 
 
 def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
     """Run (or continue) the study of `spec` until its global budget is reached."""
-    url = opts.storage or spec.storage
+    url = opts.storage or os.environ.get(st.ENV_STORAGE) or spec.storage
     device = resolve_device(opts.device)
     batch_size = opts.batch_size or default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    storage = st.open_storage(url)
-    name = opts.study_name or spec.name
-    base_seed = spec.seed if opts.seed is None else opts.seed
-    probe = optuna.load_study(study_name=name, storage=storage) if name in _study_names(storage) else None
-    # A sampler seeded the same on every run would re-propose the same first configurations.
-    sampler_seed = base_seed + (len(probe.trials) if probe is not None else 0)
-    study = open_study(spec, storage, name, sampler_seed)
-    budget = budget_of(spec, opts.trials)
-    per_round = max(1, batch_size // spec.seeds)
-    run_info = {"device": str(device), **versions(), "host": host(), "spec": spec.name,
-                "spec_hash": spec.space_hash(), "batch_size": batch_size}
-
-    start = time.perf_counter()
-    models = trials_run = 0
-    counts = _counts(study)
-    bar = _progress(opts.progress, total=budget, initial=min(counts["done"], budget))
-    try:
-        with _signals_raise(), _Heartbeat(storage, st.HEARTBEAT_INTERVAL_S) as beat:
-            while True:
-                optuna.storages.fail_stale_trials(study)
-                counts = _counts(study)
-                remaining = budget - counts["done"] - counts["running"]
-                queue_only = spec.sampler == "grid"
-                n = min(remaining, per_round, counts["waiting"] if queue_only else remaining)
-                if n <= 0:
-                    break
-                round_models, told = _round(study, spec, n, base_seed, device, batch_size, run_info, beat)
-                models += round_models
-                trials_run += told
-                if bar is not None:
-                    bar.update(told)
-                    with contextlib.suppress(ValueError):
-                        bar.set_postfix(best=f"{study.best_value:.3g}", models_s=f"{models / (time.perf_counter() - start):.0f}")
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - start
-    counts = _counts(study)
+    signals = _Signals()
+    with signals.installed():
+        try:
+            storage = st.open_storage(url)
+            name = opts.study_name or spec.name
+            base_seed = spec.seed if opts.seed is None else opts.seed
+            with st.study_lock(storage, name):
+                study = open_study(spec, storage, name, base_seed)
+            budget = budget_of(spec, opts.trials)
+            worker = _Worker(study, storage, spec, name=name, budget=budget, per_round=max(1, batch_size // spec.seeds),
+                             base_seed=base_seed, device=device, batch_size=batch_size, echo=echo)
+            with _Heartbeat(storage, storage.heartbeat_interval, worker.in_flight):
+                trials_run, models, wall = _work(worker, signals, opts.progress)
+        except KeyboardInterrupt:
+            failed = worker.abandon(INTERRUPTED) if "worker" in locals() else 0
+            raise Interrupted(f"interrupted: {failed} trial(s) in flight marked failed and re-queued; "
+                              f"finished trials are kept") from None
+        except BaseException as exc:
+            if "worker" in locals():
+                worker.abandon(f"error: {type(exc).__name__}: {exc}"[:500])
+            raise
+    counts = rec.counts(study)
     try:
         best_value, best_params = study.best_value, study.best_params
     except ValueError:
         best_value, best_params = None, {}
-    return RunSummary(name, st.mask(url), str(device), trials_run, models, wall, counts["done"], budget,
+    return RunSummary(name, st.mask(url), str(device), trials_run, models, wall, counts.done, budget,
                       best_value, best_params)
 
 
-def _study_names(storage: optuna.storages.BaseStorage) -> list[str]:
-    return [s.study_name for s in storage.get_all_studies()]
-
-
-def _round(study: optuna.Study, spec: Spec, n: int, base_seed: int, device: Any, batch_size: int,
-           run_info: dict[str, Any], beat: _Heartbeat) -> tuple[int, int]:
-    """Ask n trials, train them, write and tell. Returns (models trained, trials told)."""
-    trials: list[optuna.Trial] = []
+def _work(worker: _Worker, signals: _Signals, progress: bool | None) -> tuple[int, int, float]:
+    """Rounds until the study is done. Returns (trials told, models trained, wall seconds)."""
+    study, interval = worker.study, worker.storage.heartbeat_interval
+    start = time.perf_counter()
+    models = trials_run = 0
+    bar = _progress(progress, total=worker.budget, initial=min(rec.counts(study).done, worker.budget))
     try:
-        for _ in range(n):
-            trial = study.ask()
-            trials.append(trial)
-            beat.trial_ids.append(trial._trial_id)
-        configs = [suggest(t, spec.space, spec.fixed) for t in trials]
-        seeds = [[model_seed(base_seed, t.number, s) for s in range(spec.seeds)] for t in trials]
-        jobs = [Job(c, s) for c, ss in zip(configs, seeds) for s in ss]
-        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        t0 = time.perf_counter()
-        results = fit(jobs, device=device, batch_size=batch_size, data_seed=spec.data_seed)
-        wall = time.perf_counter() - t0
-    except BaseException as exc:
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {type(exc).__name__}: {exc}"
-        _fail_all(study, trials, reason)
-        beat.trial_ids.clear()
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted: {len(trials)} trial(s) in flight marked failed; finished trials are kept") from None
-        raise
-
-    run = {**run_info, "started": started, "round_wall_s": wall, "round_trials": len(trials),
-           "wall_time_s": wall / len(trials)}
-    outcomes = []
-    for i, (trial, config) in enumerate(zip(trials, configs)):
-        res = results[i * spec.seeds:(i + 1) * spec.seeds]
-        shift, scale = datasets.scaler(datasets.make(config.data, spec.data_seed).x, config.scaling)
-        outcome = summarise(config, seeds[i], res, threshold=spec.success_threshold, shift=shift, scale=scale, run=run)
-        if outcome.value is None:
-            outcome.attrs[FAIL_REASON] = DIVERGED
-            outcome.attrs["fail_detail"] = outcome.reason
-        outcomes.append(outcome)
-    st.write_user_attrs(study, [(t._trial_id, o.attrs) for t, o in zip(trials, outcomes)])
-    for trial, outcome in zip(trials, outcomes):
-        if outcome.value is None:
-            study.tell(trial, state=TrialState.FAIL)
-        else:
-            study.tell(trial, outcome.value)
-    beat.trial_ids.clear()
-    return len(jobs), len(trials)
-
-
-def _fail_all(study: optuna.Study, trials: list[optuna.Trial], reason: str) -> None:
-    for trial in trials:
-        with contextlib.suppress(Exception):
-            study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
-            study.tell(trial, state=TrialState.FAIL)
+        while True:
+            signals.check()
+            claim, counts = worker.claim()
+            if claim is None:
+                if counts.running == 0:
+                    break
+                # Others' trials are in flight: wait for them to finish, or to go stale and come
+                # back to the queue, before calling the study done.
+                with signals.interruptible():
+                    time.sleep(min(WAIT_POLL_S, interval))
+                continue
+            round_models, told = worker.train_and_tell(claim, signals)
+            models += round_models
+            trials_run += told
+            if bar is not None:
+                bar.update(told)
+                with contextlib.suppress(ValueError):
+                    bar.set_postfix(best=f"{study.best_value:.3g}",
+                                    models_s=f"{models / (time.perf_counter() - start):.0f}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return trials_run, models, time.perf_counter() - start
 
 
 def _progress(enabled: bool | None, total: int, initial: int) -> Any:
@@ -291,4 +426,3 @@ def _progress(enabled: bool | None, total: int, initial: int) -> Any:
     # disable=None: tqdm shows the bar only on a terminal.
     return tqdm(total=total, initial=initial, unit="trial", disable=None if enabled is None else not enabled,
                 dynamic_ncols=True)
-

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 BIASES = ("none", "hidden", "output", "both")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "softplus", "sin")
 FIRST_ORDER = ("sgd", "momentum", "adam", "rmsprop")
-SECOND_ORDER: tuple[str, ...] = ()
+SECOND_ORDER = ("bfgs", "lm")  # sweeps.second_order: full batch, always float64
 OPTIMIZERS = FIRST_ORDER + SECOND_ORDER
 DATASETS = ("r50", "uniform1000", "grid1000")
 LOSSES = ("sum", "mean")
@@ -49,6 +49,8 @@ KEYS: dict[str, KeySpec] = {
     "scaling": KeySpec(str, choices=SCALINGS),
     "steps": KeySpec(int, low=1, high=10_000_000),
     "precision": KeySpec(str, choices=PRECISIONS),
+    "abstol": KeySpec(float, low=0.0, high=math.inf),
+    "reltol": KeySpec(float, low=0.0, high=math.inf),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -63,6 +65,23 @@ DEFAULTS: dict[str, Any] = {
     "scaling": "none",
     "steps": 2000,
     "precision": "float32",
+    # Second-order stopping rules, nnet's defaults: stop when the loss is at most `abstol`, or when
+    # a step changes it by at most `reltol` relatively. First-order optimizers ignore both.
+    "abstol": 1e-4,
+    "reltol": 1e-8,
+}
+
+
+# Named model recipes a spec can use whole: `preset = "nnet"` in [fixed] or in an [[enqueue]] entry.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The question's R call, nnet(x, y, size=4, maxit=10000, linout=TRUE, abstol=1e-8,
+    # reltol=1e-9): logistic hidden units, both bias neurons, linear output, sum of squared
+    # errors, weights U(-0.7, 0.7), vmmin's BFGS. (`steps` is maxit.)
+    "nnet": {"hidden": 4, "bias": "both", "activation": "sigmoid", "optimizer": "bfgs", "loss": "sum",
+             "init": "nnet", "scaling": "none", "steps": 10000, "abstol": 1e-8, "reltol": 1e-9},
+    # The same network with nnet()'s own stopping defaults: maxit 100, abstol 1e-4, reltol 1e-8.
+    "nnet-default": {"hidden": 4, "bias": "both", "activation": "sigmoid", "optimizer": "bfgs", "loss": "sum",
+                     "init": "nnet", "scaling": "none", "steps": 100, "abstol": 1e-4, "reltol": 1e-8},
 }
 
 
@@ -81,6 +100,9 @@ class Config:
     scaling: str
     steps: int
     precision: str
+    # Defaults, so that configs stored before these keys existed still load.
+    abstol: float = 1e-4
+    reltol: float = 1e-8
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +119,7 @@ class Config:
 
 CONFIG_KEYS = tuple(f.name for f in fields(Config))
 assert set(CONFIG_KEYS) == set(KEYS) == set(DEFAULTS)
+assert all(set(p) <= set(KEYS) for p in PRESETS.values())
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 A spec names a study and says what it searches (`[space.KEY]`), what it holds fixed
 (`[fixed]`), how it samples (`[study]`) and which configurations it always runs (`[[enqueue]]`).
+`preset = "NAME"` (see `space.PRESETS`) in [fixed] or in an [[enqueue]] entry stands for that
+recipe's settings.
 Every mistake is a `SpecError` whose message names the file and the key, raised before anything
 touches a storage.
 """
@@ -17,10 +19,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .space import CONFIG_KEYS, DEFAULTS, KEYS, Dimension
+from .space import CONFIG_KEYS, DEFAULTS, KEYS, PRESETS, Dimension
 
 SAMPLERS = ("tpe", "random", "grid")
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
+# Config keys added after studies were made: left out of the space hash while at their defaults,
+# so that a study made before they existed keeps its identity.
+LATER_KEYS = ("abstol", "reltol")
 
 
 class SpecError(ValueError):
@@ -50,9 +55,10 @@ class Spec:
 
         Budgets and the storage may change between runs of one study; this may not.
         """
+        fixed = {k: v for k, v in self.fixed.items() if not (k in LATER_KEYS and v == DEFAULTS[k])}
         ident = {
             "space": {k: vars(d) for k, d in sorted(self.space.items())},
-            "fixed": self.fixed,
+            "fixed": fixed,
             "seeds": self.seeds,
             "seed": self.seed,
             "data_seed": self.data_seed,
@@ -134,6 +140,12 @@ def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
             v.fail(f"space.{key}", "must be a table with `choices` or `low`/`high`")
         space[key] = _dimension(v, key, dim_raw)
     fixed: dict[str, Any] = {}
+    fixed_raw = dict(fixed_raw)
+    if "preset" in fixed_raw:
+        # The preset's settings, except for keys the spec searches or fixes itself.
+        for key, value in _preset(v, "fixed.preset", fixed_raw.pop("preset")).items():
+            if key not in space and key not in fixed_raw:
+                fixed[key] = value
     for key, value in fixed_raw.items():
         if key not in KEYS:
             v.fail(f"fixed.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
@@ -158,6 +170,18 @@ def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
         if not isinstance(item, dict):
             v.fail(where, "must be a table")
         params = {}
+        item = dict(item)
+        if "preset" in item:
+            for key, value in _preset(v, f"{where}.preset", item.pop("preset")).items():
+                if key in item:
+                    continue  # the entry's own value wins
+                if key in space:
+                    if not space[key].contains(value):
+                        v.fail(f"{where}.preset", f"sets {key} = {value!r}, outside [space.{key}]; add it to the choices")
+                    params[key] = value
+                elif fixed[key] != value:
+                    v.fail(f"{where}.preset", f"sets {key} = {value!r} but the spec fixes it to {fixed[key]!r}; "
+                                              f"search {key} with both values, or fix it to {value!r}")
         for key, value in item.items():
             if key not in space:
                 v.fail(f"{where}.{key}", "is not a searched key; enqueued trials set values of [space] keys only")
@@ -185,6 +209,12 @@ def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
         fixed=fixed,
         enqueue=tuple(enqueue),
     )
+
+
+def _preset(v: "_Validator", where: str, name: Any) -> dict[str, Any]:
+    if not isinstance(name, str) or name not in PRESETS:
+        v.fail(where, f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def _dimension(v: "_Validator", key: str, raw: dict[str, Any]) -> Dimension:

@@ -1,8 +1,9 @@
 """The engine: train many (config, seed) models as batched tensor programs; no Optuna here.
 
-`fit(jobs, …)` groups the jobs by code path (everything but hidden size, bias placement, init and
-learning rate must match to share a batch), sorts each group by hidden size so padding stays small,
-cuts it into batches of `batch_size` models and trains each batch with one `BatchModel`. Results
+`fit(jobs, …)` groups the jobs (same data set, scaling, step budget and precision share a batch;
+see `group_key`), sorts each group by hidden size so padding stays small, cuts it into batches of
+`batch_size` models and trains each batch as one tensor program: one `BatchModel` whose rows are
+sorted into runs of equal optimizer, so a step costs a few ops per run, not per model. Results
 come back in the order of `jobs`. A model's numbers depend only on its own config and seed, never on
 its batch-mates (up to float rounding from padding, which the tests bound).
 """
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 import torch
 
 from . import data as datasets
+from . import second_order
 from .model import BatchModel, init_one, mask_one, pad, unpad
-from .optimizers import FirstOrder
-from .space import Config
+from .optimizers import Optimizers
+from .space import FIRST_ORDER, SECOND_ORDER, Config
 
 # A model whose training MSE passes this (targets are sin(x), |y| <= 1) or turns NaN/inf has
 # diverged: it is frozen where it stands and reported as such.
@@ -68,9 +70,21 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def group_key(config: Config) -> tuple:
-    """Models that may share a batch agree on everything but hidden, bias, init and lr."""
-    return (config.activation, config.optimizer, config.data, config.loss, config.scaling,
-            config.steps, config.precision)
+    """Models that may share a batch: same data, scaling, step budget, precision and activation.
+
+    First-order models of any optimizer, loss, hidden size, bias, init and lr share a batch
+    (sorted into runs of equal optimizer). Mixing activations too was measured slower on a CPU:
+    every model is then padded to the largest hidden size of all, and each activation costs its
+    own ops anyway. Second-order methods batch per method and loss.
+    """
+    shared = (config.data, config.scaling, config.steps, config.precision, config.activation)
+    if config.optimizer in FIRST_ORDER:
+        return shared
+    return shared + (config.optimizer, config.loss)
+
+
+def _batch_order(config: Config) -> tuple:
+    return (config.optimizer, config.hidden)
 
 
 def curve_steps(steps: int) -> list[int]:
@@ -82,8 +96,12 @@ def curve_steps(steps: int) -> list[int]:
 
 
 def fit(jobs: Sequence[Job], *, device: torch.device, batch_size: int, data_seed: int = 0,
-        on_batch: Callable[[int], None] | None = None) -> list[Result]:
-    """Train every job; returns results in job order. `on_batch(n)` is called after each batch."""
+        on_batch: Callable[[int], None] | None = None, compile: bool = False) -> list[Result]:
+    """Train every job; returns results in job order. `on_batch(n)` is called after each batch.
+
+    `compile` fuses the first-order training step with torch.compile (same arithmetic; pays a
+    one-off compile per activation, worth it for long runs and large batches: see `make bench`).
+    """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     groups: dict[tuple, list[int]] = defaultdict(list)
@@ -98,17 +116,26 @@ def fit(jobs: Sequence[Job], *, device: torch.device, batch_size: int, data_seed
             name = jobs[chunk[0]].config.data
             if name not in cache:
                 cache[name] = datasets.make(name, data_seed)
-            for i, res in zip(chunk, fit_batch([jobs[i] for i in chunk], cache[name], device)):
+            for i, res in zip(chunk, fit_batch([jobs[i] for i in chunk], cache[name], device, compile=compile)):
                 results[i] = res
             if on_batch is not None:
                 on_batch(len(chunk))
     return results  # type: ignore[return-value]
 
 
-def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device) -> list[Result]:
-    """Train one batch of jobs sharing a code path (see `group_key`) on one data set."""
+def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device, compile: bool = False) -> list[Result]:
+    """Train one batch of jobs sharing a group (see `group_key`) on one data set; results in job order."""
     first = jobs[0].config
-    assert all(group_key(j.config) == group_key(first) for j in jobs), "mixed code paths in a batch"
+    if first.optimizer in SECOND_ORDER:  # bfgs, lm: full batch, their own module
+        return second_order.fit_batch(jobs, data, device)
+    assert all(group_key(j.config) == group_key(first) for j in jobs), "mixed groups in a batch"
+    order = sorted(range(len(jobs)), key=lambda i: _batch_order(jobs[i].config))
+    if order != list(range(len(jobs))):
+        results = fit_batch([jobs[i] for i in order], data, device, compile)
+        out: list[Result | None] = [None] * len(jobs)
+        for i, res in zip(order, results):
+            out[i] = res
+        return out  # type: ignore[return-value]
     dtype = torch.float64 if first.precision == "float64" else torch.float32
     hidden = max(j.config.hidden for j in jobs)
     P = torch.stack([pad(init_one(j.config, j.seed), j.config.hidden, hidden) for j in jobs])
@@ -117,11 +144,11 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device)
     shift, scale = datasets.scaler(data.x, first.scaling)
     to = dict(device=device, dtype=dtype)
     x = ((data.x - shift) / scale).to(**to)
-    model = BatchModel(hidden, first.activation, x, data.y.to(**to), first.loss)
+    model = BatchModel(hidden, first.activation, x, data.y.to(**to), [j.config.loss for j in jobs], compiled=compile)
     P, mask = P.to(**to), mask.to(**to)
     n = x.numel()
 
-    opt = FirstOrder(first.optimizer, lr, P.shape, dtype, device)
+    opt = Optimizers([j.config.optimizer for j in jobs], lr, P.shape[1], dtype, device)
     steps = first.steps
     checkpoints = curve_steps(steps)
     curve = torch.full((len(jobs), len(checkpoints)), math.nan, **to)

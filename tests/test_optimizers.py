@@ -116,3 +116,29 @@ def test_results_come_back_in_job_order_across_groups():
     res = fit(jobs, device=torch.device("cpu"), batch_size=2)
     for job, r in zip(jobs, res):
         assert len(r.params) == Layout(job.config.hidden).width
+
+
+def test_one_batch_of_every_activation_optimizer_and_loss_matches_training_alone():
+    from itertools import product
+
+    combos = list(product(["relu", "tanh", "sigmoid", "gelu", "softplus", "sin"], ["sgd", "momentum", "adam", "rmsprop"]))
+    jobs = [Job(config(hidden=1 + i % 6, bias=["none", "hidden", "output", "both"][i % 4], activation=a, optimizer=o,
+                       lr={"sgd": 1e-4, "momentum": 1e-4, "adam": 1e-2, "rmsprop": 1e-3}[o],
+                       loss="sum" if i % 3 else "mean", data="r50", steps=80, precision="float64"), i)
+            for i, (a, o) in enumerate(combos)]
+    together = fit(jobs[::-1], device=torch.device("cpu"), batch_size=len(jobs))[::-1]
+    alone = fit(jobs, device=torch.device("cpu"), batch_size=1)
+    for a, b in zip(together, alone):
+        assert a.diverged_at == b.diverged_at
+        if a.params is not None:
+            torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64),
+                                       rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_step_gives_the_same_numbers():
+    jobs = _mixed_jobs("adam")
+    eager = fit(jobs, device=torch.device("cpu"), batch_size=8)
+    fused = fit(jobs, device=torch.device("cpu"), batch_size=8, compile=True)
+    for a, b in zip(eager, fused):
+        torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64),
+                                   rtol=1e-9, atol=1e-12)

@@ -1,0 +1,172 @@
+"""Helpers for the many-workers and fault-injection tests: tiny specs, worker processes, snapshots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeps import storage as st
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# hidden x 2 x 2 x 2 cells (24 with the default HIDDEN, 8 with SMALL), 2 seeds each.
+GRID = """
+[study]
+name = "g"
+sampler = "grid"
+trials = 1000
+seeds = 2
+seed = 3
+[fixed]
+data = "r50"
+steps = {steps}
+precision = "float64"
+activation = "tanh"
+[space.hidden]
+choices = {hidden}
+[space.bias]
+choices = ["none", "both"]
+[space.optimizer]
+choices = ["sgd", "adam"]
+[space.lr]
+low = 1e-4
+high = 1e-2
+log = true
+grid = [1e-4, 1e-3]
+"""
+HIDDEN, SMALL = "[1, 2, 3]", "[2]"
+GRID_CELLS, SMALL_CELLS = 24, 8
+
+# Random search: no sampler cost however many trials, for budgets and full disks.
+RANDOM = """
+[study]
+name = "r"
+sampler = "random"
+trials = {trials}
+seeds = 2
+seed = 4
+[fixed]
+data = "r50"
+steps = {steps}
+precision = "float64"
+activation = "tanh"
+optimizer = "adam"
+[space.hidden]
+low = 1
+high = 4
+[space.bias]
+choices = ["none", "both"]
+[space.lr]
+low = 1e-4
+high = 1e-3
+log = true
+"""
+
+# Short heartbeats so that a killed worker's trials go stale in seconds, not minutes.
+FAST_BEATS = {st.ENV_HEARTBEAT: "1", st.ENV_GRACE: "3"}
+
+
+def write_spec(path: Path, template: str, **values: Any) -> Path:
+    if template is GRID:
+        values.setdefault("hidden", HIDDEN)
+    path.write_text(template.format(**values))
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of a worker process: one torch thread (4 workers share 2 cores)."""
+    out = dict(os.environ)
+    out.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **FAST_BEATS})
+    out.update(extra)
+    return out
+
+
+def worker_cmd(spec: Path, url: str, *args: str, command: str = "worker") -> list[str]:
+    return [sys.executable, "-m", "sweeps", command, str(spec), "--storage", url, "--no-progress",
+            "--device", "cpu", *args]
+
+
+def start(spec: Path, url: str, *args: str, command: str = "worker", **extra_env: str) -> subprocess.Popen:
+    return subprocess.Popen(worker_cmd(spec, url, *args, command=command), cwd=ROOT, env=env(**extra_env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_cli(spec: Path, url: str, *args: str, command: str = "run", timeout: float = 120,
+            **extra_env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(worker_cmd(spec, url, *args, command=command), cwd=ROOT, env=env(**extra_env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def trials(url: str, name: str) -> list[FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=st.open_storage(url, create=False)).get_trials(deepcopy=True)
+
+
+def wait_for(url: str, name: str, proc: subprocess.Popen, *, complete: int, running: int = 1,
+             timeout: float = 60) -> list[FrozenTrial]:
+    """Poll until the study has `complete` COMPLETE trials and `running` RUNNING ones (mid-batch)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker ended early ({proc.returncode}): {proc.stderr.read()}")
+        with_study = _study_exists(url, name)
+        if with_study:
+            ts = trials(url, name)
+            states = Counter(t.state for t in ts)
+            if states[TrialState.COMPLETE] >= complete and states[TrialState.RUNNING] >= running:
+                return ts
+        time.sleep(0.05)
+    raise AssertionError("the worker never reached the state to interrupt")
+
+
+def _study_exists(url: str, name: str) -> bool:
+    path = st.sqlite_path(url)
+    if path is not None and not path.exists():
+        return False
+    try:
+        return name in [s.study_name for s in st.open_storage(url, create=False).get_all_studies()]
+    except st.StorageError:
+        return False
+
+
+def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL, timeout: float = 60) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def cell(t: FrozenTrial) -> tuple:
+    return tuple(sorted(t.params.items()))
+
+
+def snapshot(ts: list[FrozenTrial]) -> dict[int, tuple]:
+    """What must never change about a finished trial: its params, values and user attributes."""
+    return {t.number: (t.params, t.values, t.user_attrs) for t in ts if t.state == TrialState.COMPLETE}
+
+
+def done(ts: list[FrozenTrial]) -> list[FrozenTrial]:
+    from sweeps.recovery import is_done, superseded
+
+    retried = superseded(ts)
+    return [t for t in ts if is_done(t, retried)]
+
+
+def assert_retried_once(ts: list[FrozenTrial], failed_numbers: set[int]) -> None:
+    """Each failed trial has exactly one retry, carrying its number, and that retry is done."""
+    by_number = {t.number: t for t in ts}
+    for n in failed_numbers:
+        assert by_number[n].state == TrialState.FAIL, n
+        retries = [t for t in ts if t.user_attrs.get(st.RETRY_OF) == n]
+        assert len(retries) == 1, (n, [r.number for r in retries])
+        retry = retries[0]
+        assert retry.state == TrialState.COMPLETE, (n, retry.state)
+        assert retry.system_attrs.get("failed_trial") == n or n in retry.system_attrs.get("retry_history", [])
+        assert by_number[n].params.items() <= retry.params.items()  # same configuration, completed
