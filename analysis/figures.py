@@ -36,6 +36,7 @@ DPI = 110
 PALETTE = [sns.color_palette("colorblind")[i] for i in (0, 1, 2, 4, 3, 5, 9, 6, 8, 7)]
 NEUTRAL = "0.25"
 SEQUENTIAL = "viridis"  # perceptually uniform and colour-blind safe
+PER_TRIAL_MAX = 8  # studies this small (e.g. seed-replay) also get one fitted-curve panel per trial
 MSE_AXIS = "median test MSE over seeds (dimensionless, log scale)"
 
 
@@ -88,10 +89,11 @@ def best_per_group(data: StudyData, key: str, frame: pd.DataFrame | None = None)
     return [(fin.iloc[0][key], fin.iloc[0])] if len(fin) else []
 
 
-def fits(data: StudyData, out: Path, exclude: str | None = None) -> FigureRef | None:
-    """Fitted curves of the best trial per bias placement over sin(x) and the training points.
+def fits(data: StudyData, out: Path, exclude: str | None = None, per_trial: bool = False) -> FigureRef | None:
+    """Fitted curves over sin(x) and the training points: the best trial per bias placement.
 
-    With `exclude`, trials of that activation are left out (the `sin` units that fit trivially).
+    With `exclude`, trials of that activation are left out (the `sin` units that fit trivially);
+    with `per_trial`, every finished trial gets its own panel (a handful of fixed programs).
     """
     import torch
 
@@ -104,39 +106,43 @@ def fits(data: StudyData, out: Path, exclude: str | None = None) -> FigureRef | 
         if "activation" not in varying_keys(data) or not (fin["activation"] == exclude).any():
             return None
         frame = fin[fin["activation"] != exclude]
-    groups = best_per_group(data, "bias", frame)
+    if per_trial:
+        groups = [(int(r["number"]), r) for _, r in data.finished.sort_values("number").iterrows()]
+    else:
+        groups = best_per_group(data, "bias", frame)
     groups = [(v, r) for v, r in groups if (data.frozen[int(r["number"])].user_attrs.get("fit") or {}).get("params")]
     if not groups:
         return None
     cols = 2 if len(groups) > 1 else 1
     rows = math.ceil(len(groups) / cols)
     x = torch.linspace(0.0, 10.0, 1001, dtype=torch.float64)
-    cmap = colours(order("bias", [v for v, _ in groups], data.space))
+    cmap = colours([v for v, _ in groups])
     training: dict[str, Any] = {}
     with _style():
-        fig = Figure(figsize=(5.2 * cols, 3.6 * rows + 0.6), layout="constrained")
+        fig = Figure(figsize=(5.2 * cols if cols > 1 else 8.0, 3.6 * rows + 0.9), layout="constrained")
         axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)).ravel()
-        for ax, (bias, row) in zip(axes, groups):
+        for ax, (key, row) in zip(axes, groups):
             fit = data.frozen[int(row["number"])].user_attrs["fit"]
             name = str(row["data"])
             if name not in training:
                 training[name] = datasets.make(name, data.data_seed)
             ds = training[name]
-            ax.scatter(ds.x, ds.y, s=10, color="0.45", zorder=3, label=f"training points ({name})")
+            ax.scatter(ds.x, ds.y, s=10, color="0.45", zorder=3, label="training points")
             median = fit.get("median_seed")
             for i, params in enumerate(fit["params"]):
                 if params is None or i == median:
                     continue
                 y = predict_params(params, fit["hidden"], fit["activation"], x, fit["shift"], fit["scale"])
-                ax.plot(x, y, color=cmap[bias], lw=0.8, alpha=0.3)
+                ax.plot(x, y, color=cmap[key], lw=0.8, alpha=0.3)
             if median is not None and fit["params"][median] is not None:
                 y = predict_params(fit["params"][median], fit["hidden"], fit["activation"], x, fit["shift"], fit["scale"])
-                ax.plot(x, y, color=cmap[bias], lw=2.2, label="median seed (others faint)")
+                ax.plot(x, y, color=cmap[key], lw=2.2, label="median seed (others faint)")
             # The target last, dashed on top: visible even where a fit covers it exactly.
             ax.plot(x, torch.sin(x), color="black", ls="--", lw=1.1, zorder=4, label="sin(x)")
             ax.set_ylim(-1.8, 1.8)
-            ax.set_title(f"bias={bias}: {row['activation']}, H={int(row['hidden'])}, {row['optimizer']}, "
-                         f"lr {fmt.lr(row['lr'])}\nmedian MSE {fmt.mse(row['value'])}, "
+            setting = f", {name}, {int(row['steps'])} steps" if per_trial else ""
+            ax.set_title(f"bias={row['bias']}: {row['activation']}, H={int(row['hidden'])}, {row['optimizer']}, "
+                         f"lr {fmt.lr(row['lr'])}{setting}\nmedian MSE {fmt.mse(row['value'])}, "
                          f"{int(row['n_success'])}/{int(row['n_seeds'])} seeds fit (#{int(row['number'])})", fontsize=9.5)
             ax.set_xlabel("x (radians)")
             ax.set_ylabel("y (dimensionless)")
@@ -144,14 +150,16 @@ def fits(data: StudyData, out: Path, exclude: str | None = None) -> FigureRef | 
             ax.set_visible(False)
         axes[0].legend(loc="lower left", fontsize=8, framealpha=0.9)
         among = f" (activations other than {exclude})" if exclude else ""
-        fig.suptitle(f"Best trial per bias placement{among}: fitted curves over sin(x), clipped to ±1.8")
-        file = _save(fig, out, f"fits_without_{exclude}" if exclude else "fits")
-    title = f"Fitted curves of the best trial per bias placement{among}"
-    return FigureRef(file, title, "Each panel: the best finished trial with that bias placement, its median seed in "
-                                  "bold and its other seeds faint, redrawn from the stored parameters; dashed: sin(x); "
-                                  "dots: the training points." + (f" A {exclude} unit can represent the target exactly, "
-                                                                  f"so this panel set shows the other activations."
-                                                                  if exclude else ""))
+        what = "Every trial" if per_trial else f"Best trial per bias placement{among}"
+        fig.suptitle(f"{what}:\nfitted curves over sin(x), clipped to ±1.8")
+        file = _save(fig, out, "fits_per_trial" if per_trial else f"fits_without_{exclude}" if exclude else "fits")
+    title = "Fitted curves of every trial" if per_trial else f"Fitted curves of the best trial per bias placement{among}"
+    who = "one trial" if per_trial else "the best finished trial with that bias placement"
+    caption = (f"Each panel: {who}, its median seed in bold and its other seeds faint, redrawn from the stored "
+               f"parameters; dashed: sin(x); dots: the trial's training points.")
+    if exclude:
+        caption += f" A {exclude} unit can represent the target exactly, so these panels show the other activations."
+    return FigureRef(file, title, caption)
 
 
 def success_heatmap(data: StudyData, table: Table | None) -> Callable[[Path], FigureRef | None]:
@@ -231,7 +239,7 @@ def by_optimizer(data: StudyData) -> Callable[[Path], FigureRef | None]:
         with _style(), warnings.catch_warnings():
             # seaborn 0.13.2 passes boxplot(vert=…), deprecated in matplotlib 3.11; harmless here.
             warnings.filterwarnings("ignore", message="vert: bool", category=matplotlib.MatplotlibDeprecationWarning)
-            fig = Figure(figsize=(max(6.0, 1.5 * len(opts) + 2.5), 5.2), layout="constrained")
+            fig = Figure(figsize=(max(8.0, 1.5 * len(opts) + 2.5), 5.2), layout="constrained")
             ax = fig.subplots()
             sns.boxplot(data=fin, x="optimizer", y="plotted", order=opts, hue="optimizer", hue_order=opts,
                         palette=pal, legend=False, showfliers=False, log_scale=True, ax=ax)
@@ -240,7 +248,7 @@ def by_optimizer(data: StudyData) -> Callable[[Path], FigureRef | None]:
             ax.set_xticks(range(len(opts)), labels)
             ax.set_xlabel("optimizer (ordered by median)")
             ax.set_ylabel(MSE_AXIS)
-            ax.set_title("Test MSE per optimizer: distribution over trials (every lr and size tried)")
+            ax.set_title("Test MSE per optimizer, over trials (every lr and size tried)")
             ax.legend(fontsize=8, loc="best", framealpha=0.9)
             file = _save(fig, out, "mse_by_optimizer")
         return FigureRef(file, "Test MSE per optimizer",
@@ -328,8 +336,11 @@ def draw_all(data: StudyData, tables: dict[str, Table], result: Importances, out
     """Every figure that applies to this study, in report order."""
     (out / "figures").mkdir(parents=True, exist_ok=True)
     makers: list[Callable[[Path], FigureRef | None]] = [
-        lambda o: fits(data, o),
+        # Without `sin` first: a sin unit fits the target trivially; the question is about the others.
         lambda o: fits(data, o, exclude="sin"),
+        lambda o: fits(data, o),
+        # A handful of fixed programs (the question's, replayed) each deserve their own panel.
+        lambda o: fits(data, o, per_trial=True) if len(data.finished) <= PER_TRIAL_MAX else None,
         success_heatmap(data, tables.get("by_bias_activation")),
         mse_vs(data, "hidden", "bias", "mse_vs_hidden", "Test MSE against hidden size, per bias placement",
                "hidden units H (log scale)"),

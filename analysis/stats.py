@@ -10,7 +10,7 @@ learning rates by decades.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,8 +39,9 @@ def wilson(k: np.ndarray | float, n: np.ndarray | float, z: float = Z95) -> tupl
         denom = 1.0 + z * z / n
         centre = (p + z * z / (2.0 * n)) / denom
         half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
-    low = np.where(n > 0, np.clip(centre - half, 0.0, 1.0), np.nan)
-    high = np.where(n > 0, np.clip(centre + half, 0.0, 1.0), np.nan)
+    # At k = 0 and k = n the bounds are exactly 0 and 1; rounding would leave 1e-17 residues.
+    low = np.where(n > 0, np.where(k <= 0, 0.0, np.clip(centre - half, 0.0, 1.0)), np.nan)
+    high = np.where(n > 0, np.where(k >= n, 1.0, np.clip(centre + half, 0.0, 1.0)), np.nan)
     return low, high
 
 
@@ -89,7 +90,7 @@ def _lr_label(lo: float, hi: float) -> str:
     return f"1e{decade}..1e{decade + 1}"
 
 
-def _binned(values: pd.Series, key, label) -> pd.Series:  # type: ignore[no-untyped-def]
+def _binned(values: pd.Series, key: Callable[[float], int], label: Callable[[float, float], str]) -> pd.Series:
     keys = values.map(lambda v: key(v) if pd.notna(v) else None)
     labels: dict[object, str] = {}
     for k, grp in values.groupby(keys):

@@ -50,9 +50,9 @@ def headline(data: StudyData) -> str:
     p = pooled(fin, pd.Series(True, index=fin.index))
     fits = int((fin["value"] < data.threshold).sum())
     seeds = data.spec.get("seeds") or (int(fin["n_seeds"].max()) if len(fin) else 0)
-    sampler = data.spec.get("sampler", "unknown")
+    sampler = f"{data.spec['sampler']} sampler, " if data.spec.get("sampler") else ""
     total = fin["wall_time_s"].astype(float).sum()
-    return (f"{len(fin)} finished trials ({sampler} sampler, {seeds} seeds each); a seed *fits* when its test MSE on "
+    return (f"{len(fin)} finished trials ({sampler}{seeds} seeds each); a seed *fits* when its test MSE on "
             f"1001 points over [0, 10] is under {fmt.mse(data.threshold)}. {fits} trials ({fmt.pct(fits / len(fin))}) "
             f"fit with their median seed; {fmt.rate_ci(p['rate'], p['ci_low'], p['ci_high'])} of all seeds fit "
             f"(95% Wilson interval). Training took {fmt.seconds(total)} in all.")
@@ -63,18 +63,21 @@ def best_sentence(data: StudyData, frame: pd.DataFrame | None = None, label: str
     row = fin.sort_values(["value", "success_rate", "number"], ascending=[True, False, True]).iloc[0]
     number = int(row["number"])
     cfg = fmt.config(row.to_dict(), [k for k in CONFIG_SHOWN if k in varying_keys(data)] or CONFIG_SHOWN)
-    device = row.get("device") or "unknown device"
+    size = "" if pd.isna(row["n_params"]) else f", {fmt.value(row['n_params'])} parameters"
+    where = f" (its share of a batched round on {row['device']})" if isinstance(row.get("device"), str) else ""
     return (f"**{label}**: trial #{number}, {cfg}: median test MSE {fmt.mse(row['value'])} over "
             f"{int(row['n_seeds'])} seeds, {int(row['n_success'])}/{int(row['n_seeds'])} seeds fit "
-            f"({fmt.pct(row['success_rate'])}), {fmt.value(row['n_params'])} parameters, "
-            f"{fmt.seconds(row['wall_time_s'])} of training (its share of a batched round on {device}).")
+            f"({fmt.pct(row['success_rate'])}){size}, {fmt.seconds(row['wall_time_s'])} of training{where}.")
 
 
-def smallest_sentence(data: StudyData) -> str:
+def smallest_sentence(data: StudyData) -> str | None:
     fin = data.finished
     fitting = fin[fin["value"] < data.threshold]
     if fitting.empty:
         return f"**No trial fits**: no median test MSE is under {fmt.mse(data.threshold)}."
+    fitting = fitting[fitting["n_params"].notna()]
+    if fitting.empty:
+        return None
     row = fitting.sort_values(["n_params", "value"]).iloc[0]
     cfg = fmt.config(row.to_dict(), CONFIG_SHOWN)
     return (f"**Smallest network that fits**: trial #{int(row['number'])} with {fmt.value(row['n_params'])} parameters "
@@ -181,7 +184,9 @@ def sentences(data: StudyData, tables: dict[str, Table], importances: Importance
         short.append(best_sentence(data, others, f"Best without `{EXACT}` units")[:-1]
                      + f"; a `{EXACT}` unit can represent the target exactly, so the question's activations are "
                        f"judged by this one.")
-    short.append(smallest_sentence(data))
+    smallest = smallest_sentence(data)
+    if smallest:
+        short.append(smallest)
     choices: list[str] = []
     for key in varying_keys(data):
         table = tables.get(f"by_{key}")

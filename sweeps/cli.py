@@ -99,7 +99,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .runner import Interrupted, Options, StudyMismatch, run
+    from .runner import Interrupted, Options, StudyMismatch, run, storage_url
 
     spec = specs.load(args.spec)  # validated before any storage is touched
     opts = Options(storage=args.storage, device=args.device, batch_size=args.batch_size, trials=args.trials,
@@ -113,11 +113,11 @@ def _run(args: argparse.Namespace) -> int:
     except st.StorageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except RuntimeError as exc:
-        if "CUDA" in str(exc):
+        if "CUDA" in str(exc) and "out of memory" not in str(exc):  # an absent device was asked for
             return _fail(str(exc), EXIT_USAGE)
-        return _fail(st.describe_error(exc, opts.storage or spec.storage), EXIT_FAILURE)
+        return _fail(st.describe_error(exc, storage_url(spec, opts)), EXIT_FAILURE)
     except Exception as exc:  # storage failures surface as many library types; name the real cause
-        return _fail(st.describe_error(exc, opts.storage or spec.storage), EXIT_FAILURE)
+        return _fail(st.describe_error(exc, storage_url(spec, opts)), EXIT_FAILURE)
     print(f"study {summary.study_name!r} in {summary.storage}: {summary.finished}/{summary.budget} trials finished "
           f"({summary.trials_run} this run, {summary.models} models on {summary.device} in {summary.wall_s:.1f} s, "
           f"{summary.models_per_s:.1f} models/s)")

@@ -146,11 +146,15 @@ def write_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
 def store_study(rows: Sequence[dict[str, Any]], url: str, *, call: Call, data_seed: int, threshold: float = 1e-3,
                 name: str = STUDY) -> None:
     """Record the table as an Optuna study: one trial per data set, value = median test MSE."""
+    import warnings
+
     import optuna
 
     from .storage import open_storage
     from .summary import host
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     storage = open_storage(url)
     if name in [s.study_name for s in storage.get_all_studies()]:
         optuna.delete_study(study_name=name, storage=storage)  # a reference is recomputed whole
@@ -172,8 +176,9 @@ def store_study(rows: Sequence[dict[str, Any]], url: str, *, call: Call, data_se
                 "success_rate": sum(m < threshold for m in mses) / len(mses),
                 "diverged": sum(not math.isfinite(m) for m in mses),
                 "config": config,
-                "seeds": {k: [r[k] for r in mine] for k in ("seed", "test_mse", "train_mse", "seconds", "iterations",
-                                                            "convergence")},
+                # The layout of sweeps.summary's `seeds`, plus R's timing and convergence code.
+                "seeds": {**{k: [r[k] for r in mine] for k in ("seed", "test_mse", "train_mse", "seconds", "convergence")},
+                          "steps": [r["iterations"] for r in mine], "diverged_at": [None] * len(mine)},
                 "run": {"engine": "R nnet", "r": r_version, "host": host(), "wall_time_s": sum(r["seconds"] for r in mine)},
             }))
 

@@ -108,7 +108,8 @@ def _orphans(study: optuna.Study) -> list[int]:
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
 
-    cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=backend.grace_period or 2 * backend.heartbeat_interval)
+    grace = backend.grace_period or 2 * backend.heartbeat_interval  # Optuna's own default
+    cutoff = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=grace)
     with _create_scoped_session(backend.scoped_session) as session:
         rows = (session.query(models.TrialModel.trial_id)
                 .filter(models.TrialModel.study_id == study._study_id,

@@ -46,7 +46,7 @@ from .spec import Spec
 from .summary import host, summarise, versions
 from .train import Job, Result, default_batch_size, fit, resolve_device
 
-__all__ = ["DIVERGED", "FAIL_REASON", "Interrupted", "Options", "RunSummary", "StudyMismatch", "run"]
+__all__ = ["DIVERGED", "FAIL_REASON", "Interrupted", "Options", "RunSummary", "StudyMismatch", "run", "storage_url"]
 
 WAIT_POLL_S = 5.0  # how often an idle worker looks at the others' trials in flight
 
@@ -351,14 +351,20 @@ class _Worker:
         return failed
 
 
+def storage_url(spec: Spec, opts: Options) -> str:
+    """--storage, else $SWEEPS_STORAGE (keeps a password out of the process list), else the spec's."""
+    return opts.storage or os.environ.get(st.ENV_STORAGE) or spec.storage
+
+
 def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
     """Run (or continue) the study of `spec` until its global budget is reached."""
-    url = opts.storage or os.environ.get(st.ENV_STORAGE) or spec.storage
+    url = storage_url(spec, opts)
     device = resolve_device(opts.device)
     batch_size = opts.batch_size or default_batch_size(device)
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     signals = _Signals()
+    worker: _Worker | None = None
     with signals.installed():
         try:
             storage = st.open_storage(url)
@@ -367,16 +373,17 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
             with st.study_lock(storage, name):
                 study = open_study(spec, storage, name, base_seed)
             budget = budget_of(spec, opts.trials)
-            worker = _Worker(study, storage, spec, name=name, budget=budget, per_round=max(1, batch_size // spec.seeds),
-                             base_seed=base_seed, device=device, batch_size=batch_size, echo=echo)
+            worker = _Worker(study, storage, spec, name=name, budget=budget,
+                             per_round=max(1, batch_size // spec.seeds), base_seed=base_seed, device=device,
+                             batch_size=batch_size, echo=echo)
             with _Heartbeat(storage, storage.heartbeat_interval, worker.in_flight):
                 trials_run, models, wall = _work(worker, signals, opts.progress)
         except KeyboardInterrupt:
-            failed = worker.abandon(INTERRUPTED) if "worker" in locals() else 0
+            failed = worker.abandon(INTERRUPTED) if worker is not None else 0
             raise Interrupted(f"interrupted: {failed} trial(s) in flight marked failed and re-queued; "
                               f"finished trials are kept") from None
         except BaseException as exc:
-            if "worker" in locals():
+            if worker is not None:
                 worker.abandon(f"error: {type(exc).__name__}: {exc}"[:500])
             raise
     counts = rec.counts(study)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,9 +52,6 @@ LM_MU_MAX = 1e16  # damping (relative to that entry) past which no step can make
 LM_FLOOR = 1e-12  # Marquardt scaling: floor of diag(J^T J), relative to its largest entry
 DAMPINGS = ("identity", "marquardt")
 DEFAULT_DAMPING = "identity"
-
-# The meaning of sweeps.train.DIVERGENCE_MSE (a model starting past it is reported diverged).
-DIVERGENCE_MSE = 1e6
 
 DTYPE = torch.float64
 
@@ -114,17 +111,21 @@ class Net:
         sse, grad = self.model.sse_and_grad(P, mask)
         return _finite(sse * self.loss_scale), grad
 
-    def _jacobian_rows(self, P: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[K, D+1, N]: the Jacobian dr/dP transposed (masked rows zero), then the residuals r."""
+    def _jacobian_rows(self, P: torch.Tensor, mask: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """[K, W, N]: the Jacobian dr/dP transposed (masked rows zero), the residuals r, then zero
+        rows up to `width` (default D + 1)."""
         L, x = self.layout, self.x
         z = torch.addcmul(P[:, L.b1, None], P[:, L.w1, None], x[None, None, :])  # [K, H, N]
         a = self.act(z)
         r = torch.baddbmm(P[:, None, L.b2], P[:, None, L.w2], a) - self.t  # [K, 1, N]
         dz = P[:, L.w2, None] * self.dact(z, a)
         # dy/dw1_h = w2_h act'(z_h) x,  dy/db1_h = w2_h act'(z_h),  dy/dw2_h = act(z_h),  dy/db2 = 1.
-        ones = torch.ones_like(r)
-        rows = torch.cat([dz * x, dz, a, ones, r], dim=1)
-        return rows * torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)[:, :, None]
+        parts = [dz * x * mask[:, L.w1, None], dz * mask[:, L.b1, None], a * mask[:, L.w2, None],
+                 mask[:, L.b2, None].expand_as(r), r]
+        extra = (width or 0) - P.shape[1] - 1
+        if extra > 0:
+            parts.append(r.new_zeros(P.shape[0], extra, x.numel()))
+        return torch.cat(parts, dim=1)
 
     def residuals_and_jacobian(self, P: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Residuals r = y - t [K, N] and their Jacobian dr/dP [K, N, D]; masked columns are zero."""
@@ -132,10 +133,38 @@ class Net:
         return rows[:, -1], rows[:, :-1].transpose(1, 2)
 
     def gauss_newton(self, P: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """SSE [K] (NaN becomes +inf), JᵀJ [K, D, D] and Jᵀr [K, D], from one batched product."""
-        rows = self._jacobian_rows(P, mask)
-        G = torch.bmm(rows, rows.transpose(1, 2))  # [[JᵀJ, Jᵀr], [rᵀJ, rᵀr]]
-        return _finite(G[:, -1, -1]), G[:, :-1, :-1], G[:, :-1, -1]
+        """SSE [K] (NaN becomes +inf), JᵀJ [K, W, W] and Jᵀr [K, W] from one batched product.
+
+        W is D rounded up to a multiple of 4; entries past D are zero. The padding keeps every
+        model's block 32-byte aligned: BLAS and LAPACK take alignment-dependent paths that round
+        differently, and a model's numbers must not depend on its place in the batch.
+        """
+        D = P.shape[1]
+        W = system_width(D)
+        rows = self._jacobian_rows(P, mask, system_width(D + 1))  # J (D rows), r, zero rows
+        G = _batched(lambda t: torch.bmm(t, t.transpose(1, 2)), rows)  # [[JᵀJ, Jᵀr], [rᵀJ, rᵀr]]
+        A = G[:, :W, :W].clone()
+        A[:, D:, :] = 0.0  # the residual's row and column, and padding
+        A[:, :, D:] = 0.0
+        return _finite(G[:, D, D]), A, G[:, :W, D] * (torch.arange(W, device=P.device) < D)
+
+
+def system_width(D: int) -> int:
+    """The width of LM's linear systems for D parameters: D rounded up to a multiple of 4."""
+    return -(-D // 4) * 4
+
+
+def _batched(op: Callable[..., Any], *args: torch.Tensor) -> Any:
+    """`op` over the batch dimension, a lone matrix duplicated first.
+
+    torch hands a batch of one to a different BLAS/LAPACK routine than a batch of several, and
+    the two round differently; LM amplifies such differences. Batches of two or more agree bit
+    for bit whatever their size, so this keeps a model's numbers independent of its batch-mates.
+    """
+    if args[0].shape[0] != 1:
+        return op(*args)
+    out = op(*(torch.cat([a, a]) for a in args))
+    return type(out)(o[:1] for o in out) if isinstance(out, tuple) else out[:1]
 
 
 def _finite(f: torch.Tensor) -> torch.Tensor:
@@ -175,6 +204,8 @@ def line_search(net: Net, mask: torch.Tensor, X: torch.Tensor, d: torch.Tensor, 
     accepted = ~nochange & (f_new <= f0 + ACCTOL * slope)
     resolved = accepted | nochange
     s = accepted.to(DTYPE)
+    if bool(resolved.all()):  # the usual case: every row took step 1 or cannot move
+        return accepted, s, torch.where(accepted[:, None], P_new, X), torch.where(accepted, f_new, f0), g_new
     start = 1
     while start < MAX_TRIALS:
         todo = (~resolved).nonzero().squeeze(1)
@@ -245,8 +276,10 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
     the tolerances), or after `maxit` iterations (gradient evaluations, vmmin's `iter`). Only the
     running models are computed: the batch shrinks as models stop.
 
-    Where vmmin, after a step that fails the tolerances, restarts from its new point with the
-    gradient of the old one, this restarts with the gradient at the new point.
+    Two departures from vmmin, both at its edges: after a step that fails the tolerances vmmin
+    restarts from the new point with the old point's gradient, this with the new point's; and a
+    search that finds no acceptable step keeps the start point exactly (vmmin keeps the last trial,
+    equal to it within its "no change" test).
     """
     f0, g0 = net.loss_and_grad(P, mask)
     finals = _Finals(P, f0)
@@ -265,32 +298,37 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
         d = -torch.bmm(B, g[:, :, None]).squeeze(2)
         slope = (d * g).sum(1)
         down = slope < 0.0
-        moved = torch.zeros_like(down)
-        steplength = torch.zeros_like(f)
-        P_new, f_new, g_new = Pm.clone(), f.clone(), g.clone()
-        rows = down.nonzero().squeeze(1)
-        if rows.numel():
-            acc, s, Pr, fr, gr = line_search(net, m[rows], Pm[rows], d[rows], f[rows], slope[rows], steps)
-            moved[rows], steplength[rows] = acc, s
-            P_new[rows], f_new[rows], g_new[rows] = Pr, fr, gr
+        if bool(down.all()):  # the usual case: no gathering
+            moved, steplength, P_new, f_new, g_new = line_search(net, m, Pm, d, f, slope, steps)
+        else:
+            moved = torch.zeros_like(down)
+            steplength = torch.zeros_like(f)
+            P_new, f_new, g_new = Pm.clone(), f.clone(), g.clone()
+            rows = down.nonzero().squeeze(1)
+            if rows.numel():
+                acc, s, Pr, fr, gr = line_search(net, m[rows], Pm[rows], d[rows], f[rows], slope[rows], steps)
+                moved[rows], steplength[rows] = acc, s
+                P_new[rows], f_new[rows], g_new[rows] = Pr, fr, gr
         reltol = st["reltol"]
         enough = (f_new > st["abstol"]) & ((f_new - f).abs() > reltol * (f.abs() + reltol))
         progress = moved & enough
 
-        # BFGS update of the inverse Hessian where the curvature condition holds.
+        # BFGS update of the inverse Hessian where the curvature condition s·y > 0 holds:
+        # B += (D2 s sᵀ - By sᵀ - s Byᵀ) / D1, D1 = s·y, D2 = 1 + yᵀBy / D1, as one rank-2 product.
         step = steplength[:, None] * d
         y = g_new - g
         D1 = (step * y).sum(1)
         upd = progress & (D1 > 0.0)
-        safe = torch.where(upd, D1, 1.0)
+        inv = torch.where(upd, 1.0 / D1, 0.0)  # 0: B stays as it is
         By = torch.bmm(B, y[:, :, None]).squeeze(2)
-        D2 = 1.0 + (By * y).sum(1) / safe
-        outer = (D2[:, None, None] * step[:, :, None] * step[:, None, :]
-                 - By[:, :, None] * step[:, None, :] - step[:, :, None] * By[:, None, :])
-        B = torch.where(upd[:, None, None], B + outer / safe[:, None, None], B)
+        D2 = 1.0 + (By * y).sum(1) * inv
+        U = torch.stack([step, By], 2) * inv[:, None, None]  # [M, D, 2]
+        V = torch.stack([D2[:, None] * step - By, -step], 1)  # [M, 2, D]
+        B = torch.baddbmm(B, U, V)
 
-        gradcount = st["gradcount"] + progress.long()
-        iters = st["iters"] + progress.long()
+        counted = progress.long()
+        gradcount = st["gradcount"] + counted
+        iters = st["iters"] + counted
         # No acceptable step, a change under the tolerances, or an uphill direction: restart from
         # steepest descent, or stop if that is what was just tried.
         stalled = ~progress
@@ -324,28 +362,31 @@ def lm(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: tor
     scale = net.loss_scale
     tiny, eps = torch.finfo(DTYPE).tiny, torch.finfo(DTYPE).eps
 
-    F0, A0, g0 = net.gauss_newton(P, mask)  # SSE, JᵀJ, Jᵀr
+    D = P.shape[1]
+    F0, A0, g0 = net.gauss_newton(P, mask)  # SSE, JᵀJ, Jᵀr, padded to width W
+    # Padding entries of the system behave as masked parameters: unit diagonal, zero step.
+    wide = torch.cat([mask, mask.new_zeros(mask.shape[0], A0.shape[1] - D)], dim=1)
     finals = _Finals(P, F0 * scale)
     idx = _start(F0, start)
     top0 = torch.diagonal(A0, dim1=1, dim2=2).amax(1).clamp_min(tiny)
     mu0 = LM_TAU * top0 if damping == "identity" else torch.full_like(top0, LM_TAU)
     st: State = {"idx": idx, "P": P[idx], "F": F0[idx], "A": A0[idx], "g": g0[idx], "mask": mask[idx],
-                 "abstol": abstol[idx], "reltol": reltol[idx], "mu": mu0[idx],
+                 "wide": wide[idx], "abstol": abstol[idx], "reltol": reltol[idx], "mu": mu0[idx],
                  "nu": torch.full_like(mu0[idx], 2.0), "iters": torch.zeros_like(idx)}
     while st["idx"].numel():
-        Pm, F, A, g, m, mu = st["P"], st["F"], st["A"], st["g"], st["mask"], st["mu"]
+        Pm, F, A, g, m, mu = st["P"], st["F"], st["A"], st["g"], st["wide"], st["mu"]
         diag = torch.diagonal(A, dim1=1, dim2=2)
         if damping == "identity":
             scaling, top = m, diag.amax(1).clamp_min(tiny)
         else:  # mu is relative to diag(JᵀJ) already
             scaling, top = torch.maximum(diag, LM_FLOOR * diag.amax(1, keepdim=True)) * m, torch.ones_like(mu)
         # Masked rows get a unit diagonal and a zero right-hand side: their step is exactly 0.
-        Lc, info = torch.linalg.cholesky_ex(A + torch.diag_embed(mu[:, None] * scaling + (1.0 - m)))
-        h = torch.cholesky_solve(-g[:, :, None], Lc).squeeze(2)
+        Lc, info = _batched(torch.linalg.cholesky_ex, A + torch.diag_embed(mu[:, None] * scaling + (1.0 - m)))
+        h = _batched(torch.cholesky_solve, -g[:, :, None], Lc).squeeze(2)
         solved = (info == 0) & torch.isfinite(h).all(1)  # else: a failed step, more damping
         h = torch.where(solved[:, None], h, 0.0)
-        P_new = Pm + h
-        F_new, A_new, g_new = net.gauss_newton(P_new, m)
+        P_new = Pm + h[:, :D]
+        F_new, A_new, g_new = net.gauss_newton(P_new, st["mask"])
         predicted = (h * (mu[:, None] * scaling * h - g)).sum(1)  # the SSE reduction LM expects
         gain = F - F_new
         moved = solved & (gain > 0.0) & (predicted > 0.0)  # rho > 0
@@ -393,7 +434,8 @@ class _Curve:
         """Models `index` are at `iteration` with training loss `loss`."""
         pos = self.slot[iteration.clamp(0, self.last)]
         hit = (pos >= 0) & (iteration <= self.last)
-        self.values[index[hit], pos[hit]] = loss[hit] * self.to_mse
+        if bool(hit.any()):  # most iterations are no checkpoint of any model
+            self.values[index[hit], pos[hit]] = loss[hit] * self.to_mse
 
     def on_step(self, step: Step) -> None:
         self.record(step.index, step.iteration, step.loss)
@@ -416,7 +458,7 @@ def fit_batch(jobs: Sequence["Job"], data: datasets.Dataset, device: torch.devic
     Hidden size, bias placement, init and the tolerances `abstol`/`reltol` may differ per model;
     `steps` (shared) is maxit; `lr` and `precision` are not used.
     """
-    from .train import Result, curve_steps  # late: train dispatches here
+    from .train import DIVERGENCE_MSE, Result, curve_steps  # late: train imports this module
 
     first = jobs[0].config
     method = METHODS[first.optimizer]
@@ -433,7 +475,9 @@ def fit_batch(jobs: Sequence["Job"], data: datasets.Dataset, device: torch.devic
 
     with torch.no_grad():
         loss0 = net.loss(P)
-        ok = loss0 / (net.loss_scale * n) < DIVERGENCE_MSE  # +inf (and NaN, made +inf) fail too
+        # A start past the divergence line (or NaN, made +inf) is reported diverged at step 0; the
+        # methods only ever lower the loss, so no model diverges later.
+        ok = loss0 / (net.loss_scale * n) < DIVERGENCE_MSE
         curve = _Curve(curve_steps(first.steps), len(jobs), n, net.loss_scale, device)
         started = ok.nonzero().squeeze(1)
         curve.record(started, torch.zeros_like(started), loss0[started])

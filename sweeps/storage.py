@@ -1,12 +1,13 @@
 """Opening Optuna storages safely for many workers, a per-study lock, and cheap batched writes.
 
-SQLite (one host only; never on a network file system): a long lock timeout (short ones make
-workers die with "database is locked" and leave RUNNING orphans), WAL journaling, and every
-transaction opened with `BEGIN IMMEDIATE`. The last one matters: Python's sqlite3 runs SELECTs
-outside any transaction, so Optuna's "read the trial is WAITING, then mark it RUNNING" and "count
-the trials, then insert number n" were not atomic across processes; measured here, 4 processes
-popping 300 queued trials popped 32 of them twice. Holding the write lock from the first statement
-makes each Optuna call atomic (cost: readers queue behind writers, fine for a few workers).
+SQLite (one host only; never on a network file system, whose locks SQLite cannot trust): a long
+lock timeout (short ones make workers die with "database is locked" and leave RUNNING orphans),
+WAL journaling, and for workers every transaction opened with `BEGIN IMMEDIATE`. That last one
+matters: Python's sqlite3 runs SELECTs outside any transaction, so Optuna's "read the trial is
+WAITING, then mark it RUNNING" and "count the trials, then insert number n" were not atomic across
+processes; measured here, 4 processes popping 300 queued trials popped 32 of them twice. Holding
+the write lock from the first statement makes each Optuna call atomic (cost: workers' calls queue
+behind each other, milliseconds each; readers opened with create=False do not take part).
 PostgreSQL: `SELECT … FOR UPDATE` already makes those calls atomic; a connect timeout makes an
 unreachable server fail fast, and `postgresql://` uses psycopg2 when psycopg 3 is not installed.
 
@@ -122,9 +123,13 @@ def _driver_url(parsed: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
     return parsed
 
 
-def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_connect_serialized(dbapi_conn: Any, record: Any) -> None:
     # isolation_level None: sqlite3 stops issuing its own (late) BEGIN; `_sqlite_begin` does it.
     dbapi_conn.isolation_level = None
+    _sqlite_connect(dbapi_conn, record)
+
+
+def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")  # WAL keeps this crash-safe; one fsync per checkpoint
@@ -138,7 +143,10 @@ def _sqlite_begin(conn: sqlalchemy.engine.Connection) -> None:
 def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     """An RDBStorage for `url` with the settings above; StorageError if it cannot be used.
 
-    With `create=False` a missing SQLite file is an error instead of a new empty database.
+    `create=True` is for workers: a missing SQLite file becomes a new database, and every SQLite
+    transaction is `BEGIN IMMEDIATE`. `create=False` is for readers (list, show, dashboard,
+    analysis): a missing file is an error, and transactions stay SQLite's ordinary ones, so that
+    reading never holds up a worker and a read-only file stays readable.
     """
     try:
         parsed = _driver_url(sqlalchemy.engine.make_url(url))
@@ -163,8 +171,9 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
             engine_kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "sweeps"}
     full_url = parsed.render_as_string(hide_password=False)
     try:
-        # Concurrent first opens would race to create the schema: one at a time.
-        with _init_lock(full_url, path, engine_kwargs):
+        # Concurrent first opens would race to create the schema: one at a time. Readers
+        # (create=False) open an existing database and need no lock (nor a writable directory).
+        with _init_lock(full_url, path, engine_kwargs) if create else contextlib.nullcontext():
             storage = RDBStorage(
                 full_url,
                 engine_kwargs=engine_kwargs,
@@ -184,8 +193,11 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     except Exception as exc:
         raise StorageError(scrub(f"cannot open storage {mask(url)}: {root_cause(exc)}", url)) from None
     if backend == "sqlite":
-        sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connect)
-        sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
+        if create:
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connect_serialized)
+            sqlalchemy.event.listen(storage.engine, "begin", _sqlite_begin)
+        else:
+            sqlalchemy.event.listen(storage.engine, "connect", _sqlite_connect)
         storage.engine.dispose()  # reconnect so every pooled connection gets the settings
     return storage
 
@@ -302,7 +314,8 @@ def _pg_lock(engine: sqlalchemy.engine.Engine, key: int) -> Iterator[None]:
                 break
             time.sleep(pause)
         else:
-            raise StorageError(f"another worker held the study's lock on {mask(str(engine.url))} for over {LOCK_TIMEOUT_S} s")
+            raise StorageError(f"another worker held the study's lock on {mask(str(engine.url))} "
+                               f"for over {LOCK_TIMEOUT_S} s")
         try:
             yield
         finally:

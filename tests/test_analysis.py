@@ -142,6 +142,19 @@ def built(tmp_path_factory):
                    [2e-4, 0.01], spec=replay_spec, extra={"program": "framework"}),
     ], spec=replay_spec)
     optuna.create_study(study_name="empty", storage=url)
+    # As sweeps.nnet_reference records R's runs: one trial per data set, no fitted parameters, odd config keys.
+    nnet = optuna.create_study(study_name="nnet-reference", storage=url)
+    nnet.set_user_attr("spec", {"name": "nnet-reference", "description": "R's own nnet", "data_seed": 0,
+                                "success_threshold": THRESHOLD})
+    for data_name, mses in (("r50", [1e-5, 2e-3, 4e-6]), ("grid1000", [1e-7, float("inf"), 3e-6])):
+        nnet.add_trial(create_trial(
+            params={"data": data_name}, distributions={"data": CategoricalDistribution(["grid1000", "r50"])},
+            value=sorted(mses)[1],
+            user_attrs={"success_rate": sum(m < THRESHOLD for m in mses) / 3, "diverged": 0,
+                        "config": {"hidden": 4, "bias": "both", "activation": "sigmoid", "optimizer": "bfgs",
+                                   "data": data_name, "abstol": 1e-8},
+                        "seeds": {"seed": [1, 2, 3], "test_mse": mses, "seconds": [0.1] * 3},
+                        "run": {"engine": "R nnet", "wall_time_s": 0.3}}))
     (root / "nnet_reference.csv").write_text(
         "data,seed,test_mse,seconds\nr50,1,1e-5,0.2\nr50,2,2e-3,0.3\nr50,3,4e-6,0.1\ngrid1000,1,1e-7,1.5\n")
     before = digest(db)
@@ -158,13 +171,16 @@ def read_csv(path: Path):  # noqa: ANN201
 def test_builds_every_study_with_an_index_and_leaves_the_storage_alone(built, capsys):
     assert built["rc"] == 0
     out = built["out"]
-    for name in ("hand", "seed-replay"):
+    for name in ("hand", "seed-replay", "nnet-reference"):
         assert (out / name / "index.html").is_file() and (out / name / "report.md").is_file()
     assert not (out / "empty").exists()  # nothing finished: skipped with a warning, listed in the index
     index = (out / "index.html").read_text()
     assert "hand/index.html" in index and "empty" in index
     assert digest(built["db"]) == built["before"]
-    assert sorted(s.study_name for s in optuna.get_all_study_summaries(built["url"])) == ["empty", "hand", "seed-replay"]
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(built["url"])) == [
+        "empty", "hand", "nnet-reference", "seed-replay"]
+    nnet = read_csv(out / "nnet-reference" / "tables" / "by_data.csv").set_index("data")
+    assert nnet.loc["r50", "successes"] == 2 and nnet.loc["grid1000", "successes"] == 2
 
 
 def test_bias_activation_table_has_the_known_cells(built):
@@ -293,3 +309,17 @@ def test_report_of_a_real_quick_sweep(tmp_path, capsys):
         png_size(png)
     for ref in local_refs((folder / "index.html").read_text()):
         assert (folder / ref).is_file()
+
+
+def test_wilson_interval_and_markdown_tables():
+    import pandas as pd
+
+    from analysis.render import markdown_table
+
+    low, high = wilson(5, 10)
+    assert (float(low), float(high)) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    low, high = wilson(0, 12)
+    assert float(low) == 0.0 and float(high) == pytest.approx(3.8415 / 15.8415, abs=1e-4)
+    assert all(math.isnan(float(v)) for v in wilson(0, 0))
+    text = markdown_table(pd.DataFrame({"a|b": ["x|y", "two\nlines"], "n": ["1", "2"]}))
+    assert text.splitlines() == ["| a\\|b | n |", "|---|---|", "| x\\|y | 1 |", "| two lines | 2 |"]
