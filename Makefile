@@ -41,7 +41,7 @@ show: install ## a study's best trials: make show STUDY=default
 	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) --storage $(STORAGE)
 
 dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (loopback only by default)
-	$(PY) -m sweeps dashboard --storage $(STORAGE) --host $(HOST) --port $(PORT)
+	$(PY) -m sweeps dashboard $(if $(SWEEPS_STORAGE),,--storage $(STORAGE)) --host $(HOST) --port $(PORT)
 
 report: install ## tables, figures and an HTML/Markdown report: make report [STUDY=name]
 	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) --storage $(STORAGE)
