@@ -122,6 +122,17 @@ def mask_one(config: Config) -> torch.Tensor:
     return torch.cat([ones, b1, ones, b2])
 
 
+def bias_lr_factor(config: Config) -> torch.Tensor:
+    """Per-parameter learning-rate factor in the model's own layout: `bias_copies` on biases.
+
+    k zero-initialised copies of a bias receive identical gradients and optimizer states, so
+    their sum moves k times as far per step as one bias would: one bias with k times the rate.
+    """
+    h, k = config.hidden, float(config.bias_copies)
+    return torch.cat([torch.ones(h, dtype=torch.float64), torch.full((h,), k, dtype=torch.float64),
+                      torch.ones(h, dtype=torch.float64), torch.full((1,), k, dtype=torch.float64)])
+
+
 def pad(flat: torch.Tensor, hidden: int, to_hidden: int) -> torch.Tensor:
     """A model's own-layout vector placed into the layout of a larger hidden size (zeros elsewhere)."""
     out = torch.zeros(Layout(to_hidden).width, dtype=flat.dtype)

@@ -28,7 +28,10 @@ class FirstOrder:
         if name not in ("sgd", "momentum", "adam", "rmsprop"):
             raise ValueError(f"unknown first-order optimizer {name!r}")
         self.name = name
-        self.lr = lr.to(device=device, dtype=dtype).reshape(-1, 1)  # [K, 1]
+        # One learning rate per model [K, 1], or per parameter [K, D] (duplicated biases).
+        self.lr = lr.to(device=device, dtype=dtype)
+        if self.lr.dim() == 1:
+            self.lr = self.lr[:, None]
         self.t = 0
         zeros = lambda: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
         self.m = zeros() if name in ("momentum", "adam") else None

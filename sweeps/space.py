@@ -51,6 +51,7 @@ KEYS: dict[str, KeySpec] = {
     "precision": KeySpec(str, choices=PRECISIONS),
     "abstol": KeySpec(float, low=0.0, high=math.inf),
     "reltol": KeySpec(float, low=0.0, high=math.inf),
+    "bias_copies": KeySpec(int, low=1, high=8),
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -69,6 +70,10 @@ DEFAULTS: dict[str, Any] = {
     # a step changes it by at most `reltol` relatively. First-order optimizers ignore both.
     "abstol": 1e-4,
     "reltol": 1e-8,
+    # The answer's LinearWithInputBias adds a second, zero-initialised bias vector to each layer's
+    # output. Both copies always get the same gradient and optimizer state, so k copies train
+    # exactly like one bias whose learning rate is k times the weights' (first-order optimizers).
+    "bias_copies": 1,
 }
 
 
@@ -103,17 +108,19 @@ class Config:
     # Defaults, so that configs stored before these keys existed still load.
     abstol: float = 1e-4
     reltol: float = 1e-8
+    bias_copies: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def n_params(self) -> int:
-        """Trainable parameters: w1 and w2 (H each) plus the biases the placement keeps."""
+        """Trainable parameters: w1 and w2 (H each) plus the biases the placement keeps (each of
+        their copies counts: the answer's duplicate bias is a real, if redundant, parameter)."""
         n = 2 * self.hidden
         if self.bias in ("hidden", "both"):
-            n += self.hidden
+            n += self.hidden * self.bias_copies
         if self.bias in ("output", "both"):
-            n += 1
+            n += self.bias_copies
         return n
 
 

@@ -25,7 +25,7 @@ SAMPLERS = ("tpe", "random", "grid")
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 # Config keys added after studies were made: left out of the space hash while at their defaults,
 # so that a study made before they existed keeps its identity.
-LATER_KEYS = ("abstol", "reltol")
+LATER_KEYS = ("abstol", "reltol", "bias_copies")
 
 
 class SpecError(ValueError):

@@ -19,7 +19,7 @@ import torch
 
 from . import data as datasets
 from . import second_order
-from .model import BatchModel, init_one, mask_one, pad, unpad
+from .model import BatchModel, bias_lr_factor, init_one, mask_one, pad, unpad
 from .optimizers import Optimizers
 from .space import FIRST_ORDER, SECOND_ORDER, Config
 
@@ -141,6 +141,8 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
     P = torch.stack([pad(init_one(j.config, j.seed), j.config.hidden, hidden) for j in jobs])
     mask = torch.stack([pad(mask_one(j.config), j.config.hidden, hidden) for j in jobs])
     lr = torch.tensor([j.config.lr for j in jobs], dtype=torch.float64)
+    if any(j.config.bias_copies != 1 for j in jobs):
+        lr = lr[:, None] * torch.stack([pad(bias_lr_factor(j.config), j.config.hidden, hidden) for j in jobs])
     shift, scale = datasets.scaler(data.x, first.scaling)
     to = dict(device=device, dtype=dtype)
     x = ((data.x - shift) / scale).to(**to)

@@ -142,3 +142,36 @@ def test_compiled_step_gives_the_same_numbers():
     for a, b in zip(eager, fused):
         torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64),
                                    rtol=1e-9, atol=1e-12)
+
+
+class LinearWithInputBias(torch.nn.Linear):
+    """The answer's class, as posted: nn.Linear plus a second, zero-initialised output bias."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__(in_features, out_features, bias=True, dtype=torch.float64)
+        self._out_bias = torch.nn.Parameter(torch.zeros(1, out_features, dtype=torch.float64))
+
+    def forward(self, x):
+        return super().forward(x) + self._out_bias
+
+
+def test_bias_copies_two_is_the_answers_linear_with_input_bias():
+    cfg = config(hidden=4, bias="both", activation="tanh", optimizer="adam", lr=0.01, loss="sum", data="r50",
+                 steps=100, precision="float64", bias_copies=2)
+    data = datasets.make("r50")
+    (res,) = fit_batch([Job(cfg, 5)], data, torch.device("cpu"))
+    flat, L = init_one(cfg, 5), Layout(4)
+    hidden, out = LinearWithInputBias(1, 4), LinearWithInputBias(4, 1)
+    with torch.no_grad():
+        hidden.weight.copy_(flat[L.w1][:, None]), hidden.bias.copy_(flat[L.b1])
+        out.weight.copy_(flat[L.w2][None, :]), out.bias.copy_(flat[L.b2])
+    opt = torch.optim.Adam(list(hidden.parameters()) + list(out.parameters()), lr=0.01, foreach=False)
+    for _ in range(100):
+        opt.zero_grad()
+        loss = ((out(torch.tanh(hidden(data.x[:, None]))) - data.y[:, None]) ** 2).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ref = torch.cat([hidden.weight[:, 0], hidden.bias + hidden._out_bias[0], out.weight[0], out.bias + out._out_bias[0]])
+    torch.testing.assert_close(torch.tensor(res.params, dtype=torch.float64), ref, rtol=1e-9, atol=1e-11)
+    assert cfg.n_params() == 4 + 2 * 4 + 4 + 2 * 1

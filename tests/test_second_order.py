@@ -270,8 +270,9 @@ def test_answer_variant_is_the_bias_learning_rate_doubled():
 
 def test_presets_in_specs(tmp_path):
     replay = specs.load("seed-replay")
-    assert replay.trials == len(replay.enqueue) == 3
-    nnet = replay.enqueue[2]
+    assert replay.trials == len(replay.enqueue) == 4
+    assert replay.enqueue[2]["bias_copies"] == 2  # the answer's variant
+    nnet = replay.enqueue[3]
     assert {k: nnet[k] for k in ("bias", "activation", "optimizer", "init", "steps")} == {
         "bias": "both", "activation": "sigmoid", "optimizer": "bfgs", "init": "nnet", "steps": 10000}
     assert (replay.fixed["abstol"], replay.fixed["reltol"]) == (1e-8, 1e-9)
