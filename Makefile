@@ -9,11 +9,15 @@ TORCH ?= torch==2.13.0
 SPEC ?= default
 TRIALS ?=
 STUDY ?=
-STORAGE ?= sqlite:///studies/studies.db
+# Empty: each command uses $$SWEEPS_STORAGE if set (keeps a password off the command line),
+# else sqlite:///studies/studies.db (or the spec's own storage for sweep/worker).
+STORAGE ?=
+STORAGE_FLAG := $(if $(STORAGE),--storage $(STORAGE))
 HOST ?= 127.0.0.1
 PORT ?= 8080
 QUICK ?=
-SWEEP_FLAGS := $(if $(TRIALS),--trials $(TRIALS)) $(if $(STORAGE),--storage $(STORAGE))
+COMPILE ?=
+SWEEP_FLAGS := $(if $(TRIALS),--trials $(TRIALS)) $(STORAGE_FLAG) $(if $(COMPILE),--compile)
 
 .PHONY: help install sweep worker list show dashboard report bench nnet-reference test test-all clean
 
@@ -28,29 +32,29 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project into it (torch first, from TORCH)
 
-sweep: install ## run (or continue) a sweep: make sweep [SPEC=default] [TRIALS=n] [STORAGE=url]
+sweep: install ## run (or continue) a sweep: make sweep [SPEC=default] [TRIALS=n] [STORAGE=url] [COMPILE=1]
 	$(PY) -m sweeps run $(SPEC) $(SWEEP_FLAGS)
 
 worker: install ## join a study as one more worker: make worker SPEC=factorial STORAGE=postgresql://…
 	$(PY) -m sweeps worker $(SPEC) $(SWEEP_FLAGS)
 
 list: install ## the studies in STORAGE with counts and best values
-	$(PY) -m sweeps list --storage $(STORAGE)
+	$(PY) -m sweeps list $(STORAGE_FLAG)
 
 show: install ## a study's best trials: make show STUDY=default
-	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) --storage $(STORAGE)
+	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) $(STORAGE_FLAG)
 
 dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (loopback only by default)
-	$(PY) -m sweeps dashboard $(if $(SWEEPS_STORAGE),,--storage $(STORAGE)) --host $(HOST) --port $(PORT)
+	$(PY) -m sweeps dashboard $(STORAGE_FLAG) --host $(HOST) --port $(PORT)
 
 report: install ## tables, figures and an HTML/Markdown report: make report [STUDY=name]
-	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) --storage $(STORAGE)
+	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) $(STORAGE_FLAG)
 
 bench: install ## measured throughput, batched vs one at a time (QUICK=1: under a minute); writes bench.json
 	$(PY) -m sweeps.bench $(if $(QUICK),--quick) --out bench.json
 
 nnet-reference: install ## R's own nnet on the same data and seeds (needs Rscript and r-cran-nnet)
-	$(PY) -m sweeps.nnet_reference --storage $(STORAGE)
+	$(PY) -m sweeps.nnet_reference --storage $(or $(STORAGE),$${SWEEPS_STORAGE:-sqlite:///studies/studies.db})
 
 test: install ## the fast test suite
 	$(PY) -m pytest -q

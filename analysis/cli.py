@@ -13,7 +13,9 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .load import DEFAULT_STORAGE, ReportError
+from sweeps.storage import default_url
+
+from .load import ReportError
 
 EXIT_USAGE = 2
 
@@ -31,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write the report of one study, or of every study plus an index page. "
                                    "The storage is opened read-only.")
     r.add_argument("--study", help="one study (default: every study in the storage, plus an index page)")
-    r.add_argument("--storage", default=DEFAULT_STORAGE, help=f"storage URL (default: {DEFAULT_STORAGE})")
+    r.add_argument("--storage", help="storage URL (default: $SWEEPS_STORAGE, else sqlite:///studies/studies.db)")
     r.add_argument("--out", default="studies/reports", type=Path,
                    help="output folder; each study goes to OUT/<study>/ (default: studies/reports)")
     return p
@@ -47,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         try:
-            paths = build(args.storage, args.out, args.study)
+            paths = build(args.storage or default_url(), args.out, args.study)
         except ReportError as exc:
             sys.stderr.write(f"error: {exc}\n")
             return EXIT_USAGE

@@ -23,7 +23,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.space import CONFIG_KEYS
 
-DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 DEFAULT_THRESHOLD = 1e-3
 DIVERGED = "diverged"
 NNET_CSV = "nnet_reference.csv"
@@ -83,7 +82,7 @@ def open_readonly(url: str) -> RDBStorage:
     try:
         parsed = sqlalchemy.engine.make_url(url)
     except Exception:
-        raise ReportError(f"not a storage URL: {url!r} (try {DEFAULT_STORAGE})") from None
+        raise ReportError(f"not a storage URL: {url!r} (try sqlite:///studies/studies.db)") from None
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {}
     target = url

@@ -15,7 +15,7 @@ import pandas as pd
 
 from . import fmt
 from .load import StudyData
-from .stats import HIDDEN_BIN, LR_BIN, THIN, add_bins, cells, order, wilson
+from .stats import HIDDEN_BIN, LR_BIN, THIN, add_bins, cells, wilson
 
 # The question's order: bias placement, activation, optimizer, size; then the nuisance learning rate and
 # the settings usually fixed per sweep.

@@ -22,9 +22,7 @@ import sqlalchemy
 
 from . import storage as st
 from .publish import artifact_dir_for
-from .spec import DEFAULT_STORAGE
 
-ENV_STORAGE = "SWEEPS_STORAGE"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
@@ -75,8 +73,8 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     d = subparsers.add_parser(
         "dashboard", help="optuna-dashboard for a storage (127.0.0.1 only unless --host)",
         description="Serve optuna-dashboard for a storage. It has no authentication: keep it on loopback. "
-                    f"Give a password-protected URL in ${ENV_STORAGE} or use ~/.pgpass, not on the command line.")
-    d.add_argument("--storage", help=f"storage URL (default: ${ENV_STORAGE}, else {DEFAULT_STORAGE})")
+                    f"Give a password-protected URL in ${st.ENV_STORAGE} or use ~/.pgpass, not on the command line.")
+    d.add_argument("--storage", help=f"storage URL (default: ${st.ENV_STORAGE}, else {st.DEFAULT_URL})")
     d.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}; anything "
                                                         "else exposes an unauthenticated dashboard)")
     d.add_argument("--port", type=_port, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
@@ -87,7 +85,7 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_cli(args: argparse.Namespace) -> int:
     """Handle `sweeps dashboard`: 0 when stopped with Ctrl-C, 1 if it cannot listen, 2 bad storage."""
-    url = args.storage or os.environ.get(ENV_STORAGE) or DEFAULT_STORAGE
+    url = args.storage or st.default_url()
     if args.storage:
         _reexec_if_password_in_argv(url, args)
     try:
@@ -123,10 +121,10 @@ def _reexec_if_password_in_argv(url: str, args: argparse.Namespace) -> None:
         return
     if not password or not any(password in a for a in sys.argv):
         return
-    print(f"note: the storage password was on the command line; restarting with it in ${ENV_STORAGE} "
+    print(f"note: the storage password was on the command line; restarting with it in ${st.ENV_STORAGE} "
           f"(set it there or in ~/.pgpass to keep it out of the process list altogether)", file=sys.stderr, flush=True)
     argv = [sys.executable, "-m", "sweeps", "dashboard", "--host", args.host, "--port", str(args.port)]
     if args.artifact_dir:
         argv += ["--artifact-dir", args.artifact_dir]
     sys.stdout.flush()
-    os.execve(sys.executable, argv, {**os.environ, ENV_STORAGE: url})
+    os.execve(sys.executable, argv, {**os.environ, st.ENV_STORAGE: url})

@@ -145,7 +145,7 @@ def pad(flat: torch.Tensor, hidden: int, to_hidden: int) -> torch.Tensor:
 
 def unpad(row: torch.Tensor, hidden: int, from_hidden: int) -> torch.Tensor:
     """The inverse of `pad`: a model's own-layout vector out of a padded row."""
-    own, big = Layout(hidden), Layout(from_hidden)
+    big = Layout(from_hidden)
     return torch.cat([row[getattr(big, n)][:hidden] for n in ("w1", "b1", "w2")] + [row[big.b2]])
 
 

@@ -70,6 +70,7 @@ class Options:
     study_name: str | None = None
     seed: int | None = None
     progress: bool | None = None  # None: a bar only on a terminal
+    compile: bool = False  # fuse the first-order step with torch.compile (see `make bench`)
 
 
 @dataclass
@@ -219,14 +220,14 @@ class _Heartbeat:
 
 
 def fit_halving(jobs: list[Job], *, device: torch.device, batch_size: int, data_seed: int,
-                echo: Any = print) -> tuple[list[Result], int]:
+                echo: Any = print, compile: bool = False) -> tuple[list[Result], int]:
     """`train.fit`, halving the batch size on CUDA out-of-memory until it fits (or 1 does not).
 
     Returns the results and the batch size that worked, which the caller keeps for later rounds.
     """
     while True:
         try:
-            return fit(jobs, device=device, batch_size=batch_size, data_seed=data_seed), batch_size
+            return fit(jobs, device=device, batch_size=batch_size, data_seed=data_seed, compile=compile), batch_size
         except torch.cuda.OutOfMemoryError as exc:
             if batch_size <= 1:
                 raise RuntimeError(f"out of memory on {device} even one model at a time") from exc
@@ -247,9 +248,10 @@ class _Worker:
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: Spec, *, name: str,
                  budget: int, per_round: int, base_seed: int, device: torch.device, batch_size: int,
-                 echo: Any) -> None:
+                 echo: Any, compile: bool = False) -> None:
         self.study, self.spec, self.name, self.budget, self.per_round = study, spec, name, budget, per_round
         self.base_seed, self.device, self.batch_size, self.echo = base_seed, device, batch_size, echo
+        self.compile = compile
         self.storage = storage  # the RDBStorage itself (the study holds a caching wrapper of it)
         self.in_flight: list[int] = []  # trial ids claimed and not yet told (the heartbeat reads it)
         self.cells = queued_cells(spec)
@@ -311,7 +313,8 @@ class _Worker:
         t0 = time.perf_counter()
         with signals.interruptible():
             results, self.batch_size = fit_halving(jobs, device=self.device, batch_size=self.batch_size,
-                                                   data_seed=spec.data_seed, echo=self.echo)
+                                                   data_seed=spec.data_seed, echo=self.echo,
+                                                   compile=self.compile)
         wall = time.perf_counter() - t0
         run = {**self.run_info, "batch_size": self.batch_size, "started": started, "round_wall_s": wall,
                "round_trials": len(trials), "wall_time_s": wall / len(trials)}
@@ -375,7 +378,7 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
             budget = budget_of(spec, opts.trials)
             worker = _Worker(study, storage, spec, name=name, budget=budget,
                              per_round=max(1, batch_size // spec.seeds), base_seed=base_seed, device=device,
-                             batch_size=batch_size, echo=echo)
+                             batch_size=batch_size, echo=echo, compile=opts.compile)
             with _Heartbeat(storage, storage.heartbeat_interval, worker.in_flight):
                 trials_run, models, wall = _work(worker, signals, opts.progress)
         except KeyboardInterrupt:
@@ -386,6 +389,12 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
             if worker is not None:
                 worker.abandon(f"error: {type(exc).__name__}: {exc}"[:500])
             raise
+    try:  # the dashboard's study note and fit figures; never fails a sweep
+        from .publish import artifact_dir_for, publish
+
+        publish(study, spec, artifact_dir_for(url), budget=budget)
+    except Exception as exc:
+        echo(f"warning: study note and fit figures not updated: {st.describe_error(exc, url)}")
     counts = rec.counts(study)
     try:
         best_value, best_params = study.best_value, study.best_params

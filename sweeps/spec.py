@@ -22,7 +22,7 @@ from typing import Any
 from .space import CONFIG_KEYS, DEFAULTS, KEYS, PRESETS, Dimension
 
 SAMPLERS = ("tpe", "random", "grid")
-DEFAULT_STORAGE = "sqlite:///studies/studies.db"
+DEFAULT_STORAGE = "sqlite:///studies/studies.db"  # = storage.DEFAULT_URL (no optuna import here)
 # Config keys added after studies were made: left out of the space hash while at their defaults,
 # so that a study made before they existed keeps its identity.
 LATER_KEYS = ("abstol", "reltol", "bias_copies")

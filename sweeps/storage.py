@@ -45,6 +45,12 @@ PG_CONNECT_TIMEOUT_S = 10
 LOCK_TIMEOUT_S = 600
 MAX_RETRY = 2  # a trial that took its worker down is retried at most twice (three attempts)
 ENV_STORAGE = "SWEEPS_STORAGE"
+DEFAULT_URL = "sqlite:///studies/studies.db"
+
+
+def default_url() -> str:
+    """$SWEEPS_STORAGE (keeps a password out of the process list), else the project's SQLite file."""
+    return os.environ.get(ENV_STORAGE) or DEFAULT_URL
 ENV_HEARTBEAT = "SWEEPS_HEARTBEAT_S"
 ENV_GRACE = "SWEEPS_GRACE_S"
 DEFAULT_HEARTBEAT_S = 30
