@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from sweeps.argparser import OneLineParser
 from sweeps.storage import default_url
 
 from .load import ReportError
@@ -20,15 +21,9 @@ from .load import ReportError
 EXIT_USAGE = 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        raise SystemExit(EXIT_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m analysis", description="Tables, figures and a written report of sweep studies.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="python -m analysis", description="Tables, figures and a written report of sweep studies.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     r = sub.add_parser("report", help="write studies/reports/<study>/{index.html,report.md,figures,tables}",
                        description="Write the report of one study, or of every study plus an index page. "
                                    "The storage is opened read-only.")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from . import dashboard
+from .argparser import OneLineParser
 from . import spec as specs
 from . import storage as st
 
@@ -28,15 +29,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        raise SystemExit(EXIT_USAGE)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sweeps", description="Batched Optuna sweeps of 1-H-1 networks fitting sin(x) on [0, 10].")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="sweeps", description="Batched Optuna sweeps of 1-H-1 networks fitting sin(x) on [0, 10].")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     for name, text in (("run", "run (or continue) the study of a spec until its trial budget is reached"),
                        ("worker", "join a study (creating it if first) and work until its global budget is done")):
