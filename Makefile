@@ -54,7 +54,7 @@ bench: install ## measured throughput, batched vs one at a time (QUICK=1: under 
 	$(PY) -m sweeps.bench $(if $(QUICK),--quick) --out bench.json
 
 nnet-reference: install ## R's own nnet on the same data and seeds (needs Rscript and r-cran-nnet)
-	$(PY) -m sweeps.nnet_reference --storage $(or $(STORAGE),$${SWEEPS_STORAGE:-sqlite:///studies/studies.db})
+	$(PY) -m sweeps.nnet_reference $(STORAGE_FLAG)
 
 test: install ## the fast test suite
 	$(PY) -m pytest -q

@@ -22,6 +22,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeps.space import CONFIG_KEYS
+from sweeps.storage import driver_url, mask, root_cause, sqlite_path
 
 DEFAULT_THRESHOLD = 1e-3
 DIVERGED = "diverged"
@@ -61,22 +62,6 @@ class StudyData:
         return self.trials[self.trials["finished"]]
 
 
-def mask(url: str) -> str:
-    """The URL with any password hidden (for messages)."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: nothing to hide
-        return url
-
-
-def sqlite_file(url: str) -> Path | None:
-    """The file behind a sqlite:/// URL; None for other back ends."""
-    parsed = sqlalchemy.engine.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
-        return None
-    return Path(parsed.database)
-
-
 def open_readonly(url: str) -> RDBStorage:
     """An RDBStorage on `url` that refuses writes; ReportError with one line if it cannot be read."""
     try:
@@ -87,7 +72,7 @@ def open_readonly(url: str) -> RDBStorage:
     engine_kwargs: dict[str, Any] = {}
     target = url
     if backend == "sqlite":
-        path = sqlite_file(url)
+        path = sqlite_path(url)
         if path is None:
             raise ReportError(f"{mask(url)}: an in-memory SQLite storage holds no studies to report")
         if not path.is_file():
@@ -97,24 +82,18 @@ def open_readonly(url: str) -> RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 30}
     elif backend.startswith("postgresql"):
         engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
+        target = driver_url(parsed)  # the project's PostgreSQL driver, as the sweeps use it
     try:
         return RDBStorage(target, engine_kwargs=engine_kwargs, skip_table_creation=True)
     except Exception as exc:
-        raise ReportError(f"cannot read storage {mask(url)}: {_root_cause(exc)}") from None
-
-
-def _root_cause(exc: BaseException) -> str:
-    while exc.__cause__ is not None or exc.__context__ is not None:
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        raise ReportError(f"cannot read storage {mask(url)}: {root_cause(exc)}") from None
 
 
 def study_names(storage: RDBStorage, url: str) -> list[str]:
     try:
         return [s.study_name for s in storage.get_all_studies()]
     except Exception as exc:
-        raise ReportError(f"cannot read storage {mask(url)}: {_root_cause(exc)}") from None
+        raise ReportError(f"cannot read storage {mask(url)}: {root_cause(exc)}") from None
 
 
 def load_study(storage: RDBStorage, url: str, name: str, names: list[str] | None = None) -> StudyData:
@@ -182,7 +161,7 @@ def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float) -> dict[str, An
 
 def nnet_csv_path(url: str) -> Path:
     """Where R's nnet reference results live: beside the SQLite file, else ./studies/."""
-    path = sqlite_file(url)
+    path = sqlite_path(url)
     return (path.parent if path is not None else Path("studies")) / NNET_CSV
 
 
@@ -193,7 +172,7 @@ def load_nnet(path: Path) -> pd.DataFrame | str | None:
     try:
         frame = pd.read_csv(path)
     except Exception as exc:
-        return f"{path}: {_root_cause(exc)}"
+        return f"{path}: {root_cause(exc)}"
     missing = {"data", "test_mse"} - set(frame.columns)
     if missing:
         return f"{path}: missing column(s) {', '.join(sorted(missing))}"

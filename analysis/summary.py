@@ -21,7 +21,9 @@ from .tables import Table, fixed_settings, varying_keys
 
 LABELS = {"hidden": "Hidden size", "bias": "Bias placement", "activation": "Activation", "optimizer": "Optimizer",
           "lr": "Learning rate (by decade)", "data": "Training data", "loss": "Loss reduction", "init": "Init",
-          "scaling": "Input scaling", "steps": "Steps", "precision": "Precision"}
+          "scaling": "Input scaling", "steps": "Steps", "precision": "Precision",
+          "bias_copies": "Bias copies (the answer's duplicated bias)", "abstol": "abstol (second order)",
+          "reltol": "reltol (second order)"}
 CONFIG_SHOWN = ["hidden", "bias", "activation", "optimizer", "lr"]
 # A `sin` hidden unit represents the target exactly (w1 = 1, w2 = 1, no bias at all), so its successes say
 # nothing about the activations the question is about; contrasts are also given without it.

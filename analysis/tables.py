@@ -20,7 +20,7 @@ from .stats import HIDDEN_BIN, LR_BIN, THIN, add_bins, cells, wilson
 # The question's order: bias placement, activation, optimizer, size; then the nuisance learning rate and
 # the settings usually fixed per sweep.
 KEY_ORDER = ("bias", "activation", "optimizer", "hidden", "lr", "data", "loss", "init", "scaling", "steps",
-             "precision")
+             "precision", "bias_copies", "abstol", "reltol")
 BIN_OF = {"hidden": HIDDEN_BIN, "lr": LR_BIN}
 TOP = 10
 

@@ -54,7 +54,7 @@ def naive_models_per_s(hidden: int, steps: int, models: int, device: torch.devic
             loss = ((net(x) - y) ** 2).sum()
             loss.backward()
             opt.step()
-        float(loss)  # wait for the device
+        loss.detach().item()  # wait for the device
     return models / (time.perf_counter() - start)
 
 
@@ -80,20 +80,21 @@ def engine(device: torch.device, quick: bool) -> dict[str, Any]:
         sizes = [256, 4096, 16384] if quick else [256, 4096, 16384, 65536]
     naive_models = 2
     compile_s = warm_compile(4, device)
+    headline = default_batch_size(device)
     rows = []
     for hidden in (4, 16):
-        naive = [naive_models_per_s(hidden, steps, naive_models, device) for _ in range(repeats)]
+        naive = statistics.median(naive_models_per_s(hidden, steps, naive_models, device) for _ in range(repeats))
         for compile in (False, True):
             for batch in sizes:
-                # The headline size is repeated; the others are measured once.
-                reps = repeats if batch == default_batch_size(device) else 1
-                rates = [batched_models_per_s(hidden, steps, batch, device, compile) for _ in range(reps)]
-                rows.append({"hidden": hidden, "batch": batch, "compiled": compile,
-                             "models_per_s": statistics.median(rates),
-                             "naive_models_per_s": statistics.median(naive),
-                             "ratio": statistics.median(r / n for r, n in zip(rates, naive))})
-    best4 = max((r for r in rows if r["hidden"] == 4), key=lambda r: r["ratio"])
-    return {"steps": steps, "repeats": repeats, "compile_s": compile_s, "rows": rows, "best_h4": best4}
+                # The default batch size is the headline and is repeated; the others are measured once.
+                reps = repeats if batch == headline else 1
+                rate = statistics.median(batched_models_per_s(hidden, steps, batch, device, compile) for _ in range(reps))
+                rows.append({"hidden": hidden, "batch": batch, "compiled": compile, "models_per_s": rate,
+                             "naive_models_per_s": naive, "ratio": rate / naive})
+    head = {c: next(r for r in rows if r["hidden"] == 4 and r["batch"] == headline and r["compiled"] == c)
+            for c in (False, True)}
+    return {"steps": steps, "repeats": repeats, "compile_s": compile_s, "rows": rows, "headline_batch": headline,
+            "h4_eager": head[False], "h4_compiled": head[True]}
 
 
 class _Clock:
@@ -199,7 +200,7 @@ def _table(result: dict[str, Any]) -> str:
     lines = [f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, "
              f"python {result['python']}", "",
              f"1. Engine: tanh, Adam, {result['engine']['steps']} steps, 1000 points "
-             f"(median of {result['engine']['repeats']} at the default batch size; compile once: "
+             f"(median of {result['engine']['repeats']} runs at the default batch size and for the naive loop; compile once: "
              f"{result['engine']['compile_s']:.1f} s)",
              f"   {'H':>3} {'batch':>6} {'step':>8} {'models/s':>10} {'naive/s':>9} {'ratio':>8}"]
     for r in result["engine"]["rows"]:
@@ -216,7 +217,8 @@ def _table(result: dict[str, Any]) -> str:
     so = result.get("second_order")
     if so:
         lines += ["", "3. Second order", "   " + json.dumps(so, indent=None, default=str)[:2000]]
-    lines += ["", f"engine_ratio {result['engine_ratio']:.1f}x (H=4), end_to_end_ratio {result['end_to_end_ratio']:.1f}x"]
+    lines += ["", f"engine_ratio {result['engine_ratio']:.1f}x (H=4, batch {result['engine']['headline_batch']}, compiled; "
+                  f"eager {result['engine_ratio_eager']:.1f}x), end_to_end_ratio {result['end_to_end_ratio']:.1f}x"]
     return "\n".join(lines)
 
 
@@ -241,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     result["engine"] = engine(device, args.quick)
     result["end_to_end"] = end_to_end(device, args.quick)
     result["second_order"] = second_order(args.quick)
-    result["engine_ratio"] = result["engine"]["best_h4"]["ratio"]
+    # The headline: H = 4 at the default batch size, compiled (the fastest path; eager beside it).
+    result["engine_ratio"] = result["engine"]["h4_compiled"]["ratio"]
+    result["engine_ratio_eager"] = result["engine"]["h4_eager"]["ratio"]
     result["end_to_end_ratio"] = result["end_to_end"]["ratio"]
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     print(_table(result))

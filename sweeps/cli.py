@@ -99,6 +99,7 @@ def _fail(message: str, code: int) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .runner import Interrupted, Options, StudyMismatch, run, storage_url
+    from .train import DeviceUnavailable
 
     spec = specs.load(args.spec)  # validated before any storage is touched
     opts = Options(storage=args.storage, device=args.device, batch_size=args.batch_size, trials=args.trials,
@@ -112,10 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(str(exc), EXIT_INTERRUPTED)
     except st.StorageError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except RuntimeError as exc:
-        if "CUDA" in str(exc) and "out of memory" not in str(exc):  # an absent device was asked for
-            return _fail(str(exc), EXIT_USAGE)
-        return _fail(st.describe_error(exc, storage_url(spec, opts)), EXIT_FAILURE)
+    except DeviceUnavailable as exc:
+        return _fail(str(exc), EXIT_USAGE)
     except Exception as exc:  # storage failures surface as many library types; name the real cause
         return _fail(st.describe_error(exc, storage_url(spec, opts)), EXIT_FAILURE)
     print(f"study {summary.study_name!r} in {summary.storage}: {summary.finished}/{summary.budget} trials finished "

@@ -16,7 +16,6 @@ nothing else in the project depends on R.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import shutil
@@ -35,7 +34,9 @@ import torch
 
 from . import data as datasets
 from .model import init_one
+from .argparser import OneLineParser
 from .space import PRESETS, Config, DEFAULTS
+from .storage import StorageError, default_url
 
 INSTALL_HINT = ("Rscript with R's nnet package is needed: on Debian/Ubuntu "
                 "`apt-get install r-base-core r-cran-nnet`, elsewhere install R and run "
@@ -191,9 +192,10 @@ def _r_version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sweeps.nnet_reference", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m sweeps.nnet_reference", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=DEFAULT_OUT, help=f"CSV to write (default {DEFAULT_OUT})")
-    p.add_argument("--storage", help="also record the table as study 'nnet-reference' in this storage")
+    p.add_argument("--storage", help="where to record the table as study 'nnet-reference' "
+                                     "(default: $SWEEPS_STORAGE, else sqlite:///studies/studies.db)")
     p.add_argument("--data", nargs="+", default=list(DATASETS), choices=DATASETS, help="data sets (default: all three)")
     p.add_argument("--seeds", type=int, default=16, help="seeds 1..N (default 16)")
     p.add_argument("--data-seed", type=int, default=0, help="the specs' data_seed (default 0)")
@@ -209,8 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nnet-reference: {exc}", file=sys.stderr)
         return 2
     path = write_csv(rows, args.out)
+    args.storage = args.storage or default_url()
     if args.storage:
-        store_study(rows, args.storage, call=call, data_seed=args.data_seed)
+        try:
+            store_study(rows, args.storage, call=call, data_seed=args.data_seed)
+        except StorageError as exc:
+            print(f"nnet-reference: wrote {path}, but {exc}", file=sys.stderr)
+            return 2
     print(f"R nnet: {len(rows)} fits in {time.perf_counter() - t0:.1f} s -> {path}"
           + (f" and study '{STUDY}'" if args.storage else ""))
     for name in args.data:

@@ -387,7 +387,7 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
                               f"finished trials are kept") from None
         except BaseException as exc:
             if worker is not None:
-                worker.abandon(f"error: {type(exc).__name__}: {exc}"[:500])
+                worker.abandon(st.scrub(f"error: {type(exc).__name__}: {exc}", url)[:500])
             raise
     try:  # the dashboard's study note and fit figures; never fails a sweep
         from .publish import artifact_dir_for, publish

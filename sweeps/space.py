@@ -175,18 +175,3 @@ def suggest(trial: TrialLike, dims: dict[str, Dimension], fixed: dict[str, Any])
         else:
             values[name] = trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log)
     return Config(**values)
-
-
-def distributions(dims: dict[str, Dimension]) -> dict[str, Any]:
-    """The Optuna distribution of each searched key (for enqueueing and fixed trials)."""
-    import optuna.distributions as d
-
-    out: dict[str, Any] = {}
-    for name, dim in dims.items():
-        if dim.choices is not None:
-            out[name] = d.CategoricalDistribution(list(dim.choices))
-        elif KEYS[name].kind is int:
-            out[name] = d.IntDistribution(int(dim.low), int(dim.high), log=dim.log)
-        else:
-            out[name] = d.FloatDistribution(float(dim.low), float(dim.high), log=dim.log)
-    return out

@@ -122,7 +122,7 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-def _driver_url(parsed: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
+def driver_url(parsed: sqlalchemy.engine.URL) -> sqlalchemy.engine.URL:
     """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the project ships psycopg2."""
     if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
         return parsed.set(drivername="postgresql+psycopg2")
@@ -155,7 +155,7 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     reading never holds up a worker and a read-only file stays readable.
     """
     try:
-        parsed = _driver_url(sqlalchemy.engine.make_url(url))
+        parsed = driver_url(sqlalchemy.engine.make_url(url))
     except Exception:
         raise StorageError(f"not a storage URL: {url!r} (try sqlite:///studies/studies.db)") from None
     interval, grace = heartbeat_settings()

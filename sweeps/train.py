@@ -1,7 +1,7 @@
 """The engine: train many (config, seed) models as batched tensor programs; no Optuna here.
 
-`fit(jobs, …)` groups the jobs (same data set, scaling, step budget and precision share a batch;
-see `group_key`), sorts each group by hidden size so padding stays small, cuts it into batches of
+`fit(jobs, …)` groups the jobs (same data set, scaling, step budget, precision and activation
+share a batch; second-order methods also per method and loss: see `group_key`), sorts each group by hidden size so padding stays small, cuts it into batches of
 `batch_size` models and trains each batch as one tensor program: one `BatchModel` whose rows are
 sorted into runs of equal optimizer, so a step costs a few ops per run, not per model. Results
 come back in the order of `jobs`. A model's numbers depend only on its own config and seed, never on
@@ -53,12 +53,16 @@ class Result:
         return self.diverged_at is not None
 
 
+class DeviceUnavailable(RuntimeError):
+    """A device was asked for that this machine does not have (bad input, not a failure)."""
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present, else CPU; `cuda` without CUDA is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("CUDA was requested (--device cuda) but torch sees no CUDA device")
+        raise DeviceUnavailable("CUDA was requested (--device cuda) but torch sees no CUDA device")
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device(name)

@@ -344,7 +344,7 @@ def test_password_never_in_output_or_process_list(tmp_path, via):
     if via == "argv":
         proc = start_cli(["--storage", url, "--port", str(free_port())], log)
     else:
-        proc = start_cli(["--port", str(free_port())], log, env={dashboard.ENV_STORAGE: url})
+        proc = start_cli(["--port", str(free_port())], log, env={st.ENV_STORAGE: url})
     try:
         assert fake.accepted.wait(60), log.read_text()  # connecting now: past any restart
         cmdline = Path(f"/proc/{proc.pid}/cmdline")

@@ -323,11 +323,11 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, monkeypatch):
     calls: list[int] = []
     real_fit = runner.fit
 
-    def flaky_fit(jobs, *, device, batch_size, data_seed):
+    def flaky_fit(jobs, *, device, batch_size, data_seed, compile=False):
         calls.append(batch_size)
         if len(calls) == 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_fit(jobs, device=device, batch_size=batch_size, data_seed=data_seed)
+        return real_fit(jobs, device=device, batch_size=batch_size, data_seed=data_seed, compile=compile)
 
     monkeypatch.setattr(runner, "fit", flaky_fit)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -343,7 +343,7 @@ def test_out_of_memory_halves_the_batch_and_goes_on(tmp_path, monkeypatch):
 
 
 def test_out_of_memory_even_one_at_a_time_fails_and_requeues(tmp_path, monkeypatch, capsys):
-    def no_memory(jobs, *, device, batch_size, data_seed):
+    def no_memory(jobs, *, device, batch_size, data_seed, compile=False):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(runner, "fit", no_memory)
