@@ -159,7 +159,7 @@ def _show(args: argparse.Namespace) -> int:
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     done.sort(key=lambda t: t.value if t.value is not None and not math.isnan(t.value) else math.inf)
     print(f"study {args.study!r}: {len(study.trials)} trials, {len(done)} complete; top {min(args.top, len(done))}:")
-    keys = ("hidden", "bias", "activation", "optimizer", "lr", "data", "loss", "init", "steps")
+    keys = ("hidden", "bias", "activation", "optimizer", "lr", "data", "loss", "init", "steps", "bias_copies")
     print(f"{'#':>5} {'median MSE':>11} {'success':>8} " + " ".join(f"{k:>10}" for k in keys))
     for t in done[:args.top]:
         cfg = t.user_attrs.get("config", t.params)
