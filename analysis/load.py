@@ -21,6 +21,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from sweeps.recovery import is_done, superseded
 from sweeps.space import CONFIG_KEYS
 from sweeps.storage import driver_url, mask, root_cause, sqlite_path
 
@@ -106,7 +107,8 @@ def load_study(storage: RDBStorage, url: str, name: str, names: list[str] | None
     spec = dict(study.user_attrs.get("spec") or {})
     trials = study.get_trials(deepcopy=False)
     threshold = float(spec.get("success_threshold", DEFAULT_THRESHOLD))
-    rows = [_row(t, spec, threshold) for t in trials]
+    retried = superseded(trials)
+    rows = [_row(t, spec, threshold, is_done(t, retried)) for t in trials]
     frame = pd.DataFrame(rows, columns=_COLUMNS)
     return StudyData(name=name, storage_url=url, spec=spec, trials=frame, frozen={t.number: t for t in trials})
 
@@ -116,10 +118,10 @@ _COLUMNS = ["number", "state", "finished", "fail_reason", "value", *CONFIG_KEYS,
             "spec_hash", "started"]
 
 
-def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float) -> dict[str, Any]:
+def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float, finished: bool) -> dict[str, Any]:
+    """One trial as a table row; `finished`: it counts as the sweeps count it (recovery.is_done)."""
     ua = t.user_attrs
     fail_reason = ua.get("fail_reason")
-    finished = t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and fail_reason == DIVERGED)
     if t.state == TrialState.COMPLETE:
         value = float(t.values[0]) if t.values else math.nan
     else:

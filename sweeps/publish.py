@@ -30,6 +30,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from . import recovery as rec
 from . import storage as st
 from .space import BIASES
 from .spec import Spec
@@ -180,11 +181,12 @@ def study_note(study: optuna.Study, spec: Spec, trials: Sequence[FrozenTrial], b
                figures: dict[str, str], budget: int | None) -> str:
     """The study note: spec, budget and progress, current best, best per bias placement, figures."""
     counts = {s: 0 for s in TrialState}
-    diverged = 0
     for t in trials:
         counts[t.state] += 1
-        diverged += t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "diverged"
-    finished = counts[TrialState.COMPLETE] + diverged
+    retried = rec.superseded(trials)
+    done = [t for t in trials if rec.is_done(t, retried)]
+    finished = len(done)
+    diverged = sum(t.state == TrialState.FAIL for t in done)  # done but failed: every seed diverged
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## {study.study_name}: {spec.description or spec.name}",
