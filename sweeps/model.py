@@ -187,20 +187,9 @@ class BatchModel:
             self.per_n = torch.tensor([1.0 if s else 1.0 / n for s in sums], dtype=x.dtype, device=x.device)
             self.scale = torch.tensor([[2.0 if s else 2.0 / n] for s in sums], dtype=x.dtype, device=x.device)
 
-    def _hidden(self, P: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        L = self.layout
-        # z[k, h, n] = w1[k, h] * x[n] + b1[k, h]; n innermost keeps every op contiguous.
-        z = torch.addcmul(P[:, L.b1, None], P[:, L.w1, None], x[None, None, :])
-        return z, self.act(z)
-
-    def _output(self, P: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        L = self.layout
-        return torch.baddbmm(P[:, None, L.b2], P[:, None, L.w2], a).squeeze(1)
-
     def predict(self, P: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Network outputs [K, len(x)] at inputs x (already scaled)."""
-        _, a = self._hidden(P, x)
-        return self._output(P, a)
+        return forward(P, x, self.act)[2]
 
     def sse(self, P: torch.Tensor) -> torch.Tensor:
         """Sum of squared errors on the training set, per model [K]."""
@@ -217,6 +206,17 @@ class BatchModel:
         return fn(P, mask, self.x, self.t, self.scale, self.act, self.dact)
 
 
+def forward(P: torch.Tensor, x: torch.Tensor, act: Act) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward pass every method shares: pre-activations z and activations a [K, H, N], and
+    outputs y [K, N]. The hidden size comes from P's shape (one compiled graph serves all)."""
+    h = (P.shape[1] - 1) // 3
+    # z[k, h, n] = w1[k, h] * x[n] + b1[k, h]; n innermost keeps every op contiguous.
+    z = torch.addcmul(P[:, h:2 * h, None], P[:, :h, None], x[None, None, :])
+    a = act(z)
+    y = torch.baddbmm(P[:, None, 3 * h:], P[:, None, 2 * h:3 * h], a).squeeze(1)
+    return z, a, y
+
+
 def sse_and_grad(P: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, t: torch.Tensor,
                  scale: float | torch.Tensor, act: Act, dact: DAct) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's SSE [K] and masked loss gradient [K, D], in closed form (the hot path).
@@ -224,10 +224,9 @@ def sse_and_grad(P: torch.Tensor, mask: torch.Tensor, x: torch.Tensor, t: torch.
     The hidden size comes from P's shape, so a compiled version serves every hidden size.
     """
     h = (P.shape[1] - 1) // 3
-    w1, b1, w2, b2 = P[:, :h], P[:, h:2 * h], P[:, 2 * h:3 * h], P[:, 3 * h:]
-    z = torch.addcmul(b1[:, :, None], w1[:, :, None], x[None, None, :])  # [K, H, N]
-    a = act(z)
-    r = torch.baddbmm(b2[:, :, None], w2[:, None, :], a).squeeze(1) - t  # [K, N]
+    w2 = P[:, 2 * h:3 * h]
+    z, a, y = forward(P, x, act)
+    r = y - t  # [K, N]
     sse = (r * r).sum(1)
     g = scale * r  # dLoss/dy
     # dLoss/dz[k, h, n] = w2[k, h] * g[k, n] * act'(z)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from . import data as datasets
-from .model import ACTIVATIONS, BatchModel, Layout, init_one, mask_one, pad, unpad
+from .model import ACTIVATIONS, BatchModel, Layout, forward, init_one, mask_one, pad, unpad
 
 if TYPE_CHECKING:
     from .train import Job, Result
@@ -100,7 +100,7 @@ class Net:
         self.act, self.dact = ACTIVATIONS[activation]
         self.x, self.t = x, t
         self.model = BatchModel(hidden, activation, x, t, reduction)
-        self.loss_scale = 1.0 if reduction == "sum" else 1.0 / x.numel()
+        self.loss_scale = float(self.model.per_n)
 
     def loss(self, P: torch.Tensor) -> torch.Tensor:
         """Training loss per model [K]; NaN becomes +inf."""
@@ -115,9 +115,8 @@ class Net:
         """[K, W, N]: the Jacobian dr/dP transposed (masked rows zero), the residuals r, then zero
         rows up to `width` (default D + 1)."""
         L, x = self.layout, self.x
-        z = torch.addcmul(P[:, L.b1, None], P[:, L.w1, None], x[None, None, :])  # [K, H, N]
-        a = self.act(z)
-        r = torch.baddbmm(P[:, None, L.b2], P[:, None, L.w2], a) - self.t  # [K, 1, N]
+        z, a, y = forward(P, x, self.act)  # [K, H, N], [K, H, N], [K, N]
+        r = (y - self.t)[:, None, :]  # [K, 1, N]
         dz = P[:, L.w2, None] * self.dact(z, a)
         # dy/dw1_h = w2_h act'(z_h) x,  dy/db1_h = w2_h act'(z_h),  dy/dw2_h = act(z_h),  dy/db2 = 1.
         parts = [dz * x * mask[:, L.w1, None], dz * mask[:, L.b1, None], a * mask[:, L.w2, None],
