@@ -51,10 +51,10 @@ report: install ## tables, figures and an HTML/Markdown report: make report [STU
 	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) $(STORAGE_FLAG)
 
 bench: install ## measured throughput, batched vs one at a time (QUICK=1: under a minute); writes bench.json
-	$(PY) -m sweeps.bench $(if $(QUICK),--quick) --out bench.json
+	$(PY) -m sweeps.tools.bench $(if $(QUICK),--quick) --out bench.json
 
 nnet-reference: install ## R's own nnet on the same data and seeds (needs Rscript and r-cran-nnet)
-	$(PY) -m sweeps.nnet_reference $(STORAGE_FLAG)
+	$(PY) -m sweeps.tools.nnet_reference $(STORAGE_FLAG)
 
 test: install ## the fast test suite
 	$(PY) -m pytest -q

@@ -18,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from . import fmt
 from .load import StudyData
-from .stats import THIN
+from .stats import THIN, best_first
 from .tables import Table
 
 EDGE = 0.05
@@ -27,16 +27,18 @@ DIVERGED_WARN = 0.2
 
 @dataclass(frozen=True)
 class Check:
+    """One finding about the study: its name, `ok`/`warning`/`note`, and what was found."""
     name: str
     status: str  # "ok", "warning" or "note"
     finding: str
 
 
 def best_number(data: StudyData) -> int | None:
+    """The number of the study's best finished trial (None when none finished)."""
     fin = data.finished
     if fin.empty:
         return None
-    return int(fin.sort_values(["value", "success_rate", "number"], ascending=[True, False, True]).iloc[0]["number"])
+    return int(best_first(fin).iloc[0]["number"])
 
 
 def _position(value: float, low: float, high: float, log: bool) -> float:
@@ -51,7 +53,7 @@ def edge_checks(data: StudyData) -> list[Check]:
     if number is None:
         return []
     best = data.frozen[number]
-    top = data.finished.sort_values(["value", "success_rate"], ascending=[True, False]).head(10)
+    top = best_first(data.finished).head(10)
     out = []
     for key, dist in best.distributions.items():
         value = best.params[key]
@@ -93,6 +95,7 @@ def edge_checks(data: StudyData) -> list[Check]:
 
 
 def failure_checks(data: StudyData) -> list[Check]:
+    """Diverged, failed and unfinished trials: how many, and whether that is a warning."""
     trials, fin = data.trials, data.finished
     n_fin = len(fin)
     all_div = int((fin["state"] == "FAIL").sum())
@@ -121,6 +124,7 @@ def failure_checks(data: StudyData) -> list[Check]:
 
 
 def thin_checks(data: StudyData, tables: list[Table]) -> list[Check]:
+    """Cells of each table with fewer than THIN trials, and combinations never tried."""
     out = []
     for table in tables:
         raw = table.data
@@ -152,6 +156,7 @@ _CELL_COLUMNS = {"trials", "fitting_trials", "seeds", "successes", "success_rate
 
 
 def provenance_checks(data: StudyData) -> list[Check]:
+    """Whether the finished trials ran from one spec hash, device and torch version."""
     fin = data.finished
     out = []
     for col, what in (("spec_hash", "spec hashes"), ("device", "devices"), ("torch", "torch versions")):
@@ -166,10 +171,12 @@ def provenance_checks(data: StudyData) -> list[Check]:
 
 
 def run_checks(data: StudyData, tables: list[Table]) -> list[Check]:
+    """Every check, in report order."""
     return edge_checks(data) + failure_checks(data) + thin_checks(data, tables) + provenance_checks(data)
 
 
 def checks_table(checks: list[Check]) -> Table:
+    """The checks as a report table."""
     raw = pd.DataFrame([vars(c) for c in checks], columns=["name", "status", "finding"])
     shown = raw.rename(columns={"name": "check", "status": "status", "finding": "finding"})
     caption = (f"Edge: the best trial's numeric values against the searched range (outer {EDGE:.0%}, log scale for "

@@ -26,6 +26,7 @@ def mse(x: Any) -> str:
 
 
 def lr(x: Any) -> str:
+    """A learning rate, 2 significant figures."""
     return DASH if _missing(x) else f"{float(x):.2g}"
 
 
@@ -45,6 +46,7 @@ def rate_ci(rate: Any, low: Any, high: Any) -> str:
 
 
 def seconds(x: Any) -> str:
+    """A duration in seconds, 2 significant figures under 10 s."""
     if _missing(x):
         return DASH
     x = float(x)

@@ -26,6 +26,7 @@ EVALUATOR = "PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, top 10% o
 
 @dataclass(frozen=True)
 class Importances:
+    """Parameter importances of a study, or the reason they could not be computed."""
     evaluator: str
     values: dict[str, float] | None  # None when they could not be computed
     reason: str | None
@@ -59,6 +60,7 @@ def compute(data: StudyData) -> Importances:
 
 
 def importance_table(result: Importances) -> Table | None:
+    """The importances as a report table (None when there are none)."""
     if result.values is None:
         return None
     raw = pd.DataFrame({"parameter": list(result.values), "importance": list(result.values.values())})
@@ -69,6 +71,7 @@ def importance_table(result: Importances) -> Table | None:
 
 
 def sentence(result: Importances) -> str:
+    """One sentence naming the importances, or why there are none."""
     if result.values is None:
         return f"Parameter importances ({result.evaluator.split(' (')[0]}) not computed: {result.reason}."
     ranked = sorted(result.values.items(), key=lambda kv: -kv[1])

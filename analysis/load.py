@@ -10,20 +10,19 @@ whose seeds all diverged), seed counts for pooled success rates, and provenance.
 from __future__ import annotations
 
 import math
-import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.recovery import is_done, superseded
-from sweeps.space import CONFIG_KEYS
-from sweeps.storage import driver_url, mask, root_cause, sqlite_path
+from sweeps.config import CONFIG_KEYS
+from sweeps.study import storage
+from sweeps.study.errors import StorageError, mask, root_cause, sqlite_path
+from sweeps.study.record import is_done, read, read_spec, superseded
 
 DEFAULT_THRESHOLD = 1e-3
 DIVERGED = "diverged"
@@ -64,33 +63,15 @@ class StudyData:
 
 
 def open_readonly(url: str) -> RDBStorage:
-    """An RDBStorage on `url` that refuses writes; ReportError with one line if it cannot be read."""
+    """The storage, opened so that it cannot be written; ReportError with one line if unreadable."""
     try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:
-        raise ReportError(f"not a storage URL: {url!r} (try sqlite:///studies/studies.db)") from None
-    backend = parsed.get_backend_name()
-    engine_kwargs: dict[str, Any] = {}
-    target = url
-    if backend == "sqlite":
-        path = sqlite_path(url)
-        if path is None:
-            raise ReportError(f"{mask(url)}: an in-memory SQLite storage holds no studies to report")
-        if not path.is_file():
-            raise ReportError(f"no such database: {path}")
-        # mode=ro: SQLite itself refuses every write, whatever Optuna would try.
-        target = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
-        engine_kwargs["connect_args"] = {"timeout": 30}
-    elif backend.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
-        target = driver_url(parsed)  # the project's PostgreSQL driver, as the sweeps use it
-    try:
-        return RDBStorage(target, engine_kwargs=engine_kwargs, skip_table_creation=True)
-    except Exception as exc:
-        raise ReportError(f"cannot read storage {mask(url)}: {root_cause(exc)}") from None
+        return storage.open_readonly(url)
+    except StorageError as exc:
+        raise ReportError(str(exc)) from None
 
 
 def study_names(storage: RDBStorage, url: str) -> list[str]:
+    """The names of every study in the storage; ReportError if it cannot be read."""
     try:
         return [s.study_name for s in storage.get_all_studies()]
     except Exception as exc:
@@ -104,7 +85,7 @@ def load_study(storage: RDBStorage, url: str, name: str, names: list[str] | None
         have = ", ".join(names) or "none"
         raise ReportError(f"no study {name!r} in {mask(url)} (have: {have})")
     study = optuna.load_study(study_name=name, storage=storage)
-    spec = dict(study.user_attrs.get("spec") or {})
+    spec = read_spec(study.user_attrs)
     trials = study.get_trials(deepcopy=False)
     threshold = float(spec.get("success_threshold", DEFAULT_THRESHOLD))
     retried = superseded(trials)
@@ -119,32 +100,29 @@ _COLUMNS = ["number", "state", "finished", "fail_reason", "value", *CONFIG_KEYS,
 
 
 def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float, finished: bool) -> dict[str, Any]:
-    """One trial as a table row; `finished`: it counts as the sweeps count it (recovery.is_done)."""
-    ua = t.user_attrs
-    fail_reason = ua.get("fail_reason")
+    """One trial as a table row; `finished`: it counts as the sweeps count it (record.is_done)."""
+    rec = read(t)
     if t.state == TrialState.COMPLETE:
-        value = float(t.values[0]) if t.values else math.nan
+        value = float(rec.value) if rec.value is not None else math.nan
     else:
         value = math.inf if finished else math.nan
     # The full configuration: stored config, else the searched params over the spec's fixed values.
-    config: dict[str, Any] = {**(spec.get("fixed") or {}), **t.params, **(ua.get("config") or {})}
-    seeds = ua.get("seeds") or {}
-    mses = seeds.get("test_mse") or []
+    config: dict[str, Any] = {**(spec.get("fixed") or {}), **rec.config}
+    mses = rec.seeds.test_mse
     n_seeds = len(mses) or int(spec.get("seeds", 0)) or 0
     if mses:
         # None marks a diverged seed (stored JSON has no inf); it never counts as a fit.
         n_success = sum(m is not None and m < threshold for m in mses)
-        n_diverged = int(ua.get("diverged", sum(m is None for m in mses)))
+        n_diverged = int(rec.diverged if rec.diverged is not None else sum(m is None for m in mses))
     else:
-        n_success = round(float(ua.get("success_rate", 0.0)) * n_seeds)
-        n_diverged = int(ua.get("diverged", 0))
+        n_success = round(float(rec.success_rate or 0.0) * n_seeds)
+        n_diverged = int(rec.diverged or 0)
     finite = [m for m in mses if m is not None and math.isfinite(m)]
-    run = ua.get("run") or {}
     return {
         "number": t.number,
         "state": t.state.name,
         "finished": finished,
-        "fail_reason": fail_reason,
+        "fail_reason": rec.fail_reason,
         "value": value,
         **{k: config.get(k) for k in CONFIG_KEYS},
         "n_seeds": n_seeds,
@@ -152,11 +130,11 @@ def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float, finished: bool)
         "n_diverged": n_diverged,
         "success_rate": n_success / n_seeds if n_seeds else math.nan,
         "best_seed_mse": min(finite) if finite else math.inf,
-        "n_params": ua.get("n_params"),
-        "wall_time_s": run.get("wall_time_s"),
-        "device": run.get("device"),
-        "torch": run.get("torch"),
-        "spec_hash": run.get("spec_hash"),
+        "n_params": rec.n_params,
+        "wall_time_s": rec.run.get("wall_time_s"),
+        "device": rec.run.get("device"),
+        "torch": rec.run.get("torch"),
+        "spec_hash": rec.run.get("spec_hash"),
         "started": t.datetime_start,
     }
 

@@ -15,27 +15,31 @@ from typing import Union
 
 import pandas as pd
 
-from .figures import FigureRef
+from .plotting import FigureRef
 from .tables import Table
 
 
 @dataclass
 class Para:
+    """A paragraph of inline-marked-up text."""
     text: str
 
 
 @dataclass
 class Bullets:
+    """A bullet list, one inline-marked-up item each."""
     items: list[str]
 
 
 @dataclass
 class TableBlock:
+    """A table, shown with its title and caption and linked to its CSV."""
     table: Table
 
 
 @dataclass
 class FigureBlock:
+    """A figure, shown with its title and caption."""
     figure: FigureRef
 
 
@@ -44,12 +48,14 @@ Block = Union[Para, Bullets, TableBlock, FigureBlock]
 
 @dataclass
 class Section:
+    """A titled section of blocks."""
     title: str
     blocks: list[Block] = field(default_factory=list)
 
 
 @dataclass
 class Document:
+    """A whole report: title, subtitle and sections."""
     title: str
     subtitle: str
     sections: list[Section]
@@ -62,6 +68,7 @@ _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 
 
 def inline_html(text: str) -> str:
+    """Inline markup (`code`, **bold**, *em*, [links](href)) as HTML, everything else escaped."""
     out = html.escape(text, quote=False)
     out = _CODE.sub(r"<code>\1</code>", out)
     out = _BOLD.sub(r"<strong>\1</strong>", out)
@@ -98,6 +105,7 @@ def _html_table(table: Table) -> str:
 
 
 def to_html(doc: Document) -> str:
+    """The document as one self-contained HTML page (figures linked beside it)."""
     parts = [f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
              f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
              f"<title>{html.escape(doc.title)}</title><style>{_CSS}</style></head><body>",
@@ -136,6 +144,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def to_markdown(doc: Document) -> str:
+    """The document as Markdown, with the same content as the HTML."""
     parts = [f"# {doc.title}", "", f"_{doc.subtitle}_", ""]
     for section in doc.sections:
         parts += [f"## {section.title}", ""]

@@ -34,6 +34,7 @@ class Extras:
 
 @dataclass(frozen=True)
 class Built:
+    """A report written: the study, the path of its page, its finished trials and best value."""
     name: str
     path: Path
     finished: int

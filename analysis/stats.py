@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from sweeps import space as vocab
+from sweeps import config as vocab
 
 Z95 = 1.959963984540054
 THIN = 3  # a cell with fewer trials than this supports no claim
@@ -28,6 +28,11 @@ _KNOWN_ORDERS: dict[str, Sequence[object]] = {
     "data": vocab.DATASETS, "loss": vocab.LOSSES, "init": vocab.INITS, "scaling": vocab.SCALINGS,
     "precision": vocab.PRECISIONS,
 }
+
+
+def best_first(frame: pd.DataFrame) -> pd.DataFrame:
+    """Trials best first: lowest value (median test MSE), then highest success rate, then number."""
+    return frame.sort_values(["value", "success_rate", "number"], ascending=[True, False, True])
 
 
 def wilson(k: np.ndarray | float, n: np.ndarray | float, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +122,7 @@ def cells(finished: pd.DataFrame, by: list[str], threshold: float,
                       successes=("n_success", "sum"), diverged=("n_diverged", "sum"),
                       median_mse=("value", "median"), best_mse=("value", "min"))
     # The best trial of each cell: lowest value, then highest success rate.
-    best = (frame.sort_values(["value", "success_rate", "number"], ascending=[True, False, True])
-            .groupby(by, observed=True, sort=True).head(1).set_index(by))
+    best = best_first(frame).groupby(by, observed=True, sort=True).head(1).set_index(by)
     out["best_trial"] = best["number"].reindex(out.index)
     out["best_trial_success"] = best["success_rate"].reindex(out.index)
     out["success_rate"] = out["successes"] / out["seeds"].where(out["seeds"] > 0)

@@ -16,7 +16,7 @@ from . import fmt
 from .checks import Check
 from .importance import Importances, sentence as importance_sentence
 from .load import StudyData
-from .stats import HIDDEN_BIN, LR_BIN, THIN, order, pooled
+from .stats import HIDDEN_BIN, LR_BIN, THIN, best_first, order, pooled
 from .tables import Table, fixed_settings, varying_keys
 
 LABELS = {"hidden": "Hidden size", "bias": "Bias placement", "activation": "Activation", "optimizer": "Optimizer",
@@ -48,6 +48,7 @@ def _lr_range(lrs: pd.Series) -> str:
 
 
 def headline(data: StudyData) -> str:
+    """The study in one sentence: trials, seeds, the success threshold, how many fit, time."""
     fin = data.finished
     p = pooled(fin, pd.Series(True, index=fin.index))
     fits = int((fin["value"] < data.threshold).sum())
@@ -61,8 +62,9 @@ def headline(data: StudyData) -> str:
 
 
 def best_sentence(data: StudyData, frame: pd.DataFrame | None = None, label: str = "Best configuration") -> str:
+    """The best trial of `frame` (default: every finished trial), with its numbers."""
     fin = data.finished if frame is None else frame
-    row = fin.sort_values(["value", "success_rate", "number"], ascending=[True, False, True]).iloc[0]
+    row = best_first(fin).iloc[0]
     number = int(row["number"])
     cfg = fmt.config(row.to_dict(), [k for k in CONFIG_SHOWN if k in varying_keys(data)] or CONFIG_SHOWN)
     size = "" if pd.isna(row["n_params"]) else f", {fmt.value(row['n_params'])} parameters"
@@ -73,6 +75,7 @@ def best_sentence(data: StudyData, frame: pd.DataFrame | None = None, label: str
 
 
 def smallest_sentence(data: StudyData) -> str | None:
+    """The fitting trial with the fewest parameters (or that none fits)."""
     fin = data.finished
     fitting = fin[fin["value"] < data.threshold]
     if fitting.empty:
@@ -146,6 +149,7 @@ def bias_sentences(data: StudyData) -> list[str]:
 
 
 def lr_sentence(data: StudyData) -> str | None:
+    """The learning rates of the fitting trials, per optimizer (None when lr is not searched)."""
     fin = data.finished
     if "lr" not in varying_keys(data):
         return None
@@ -170,6 +174,7 @@ def lr_sentence(data: StudyData) -> str | None:
 
 
 def caveat(data: StudyData) -> str:
+    """What the sampler does to pooled rates."""
     if data.spec.get("sampler") == "tpe":
         return ("TPE spends more trials where it has found good values, so pooled rates compare each choice over the "
                 "learning rates and sizes the search happened to try; the best MSE compares choices at their best "

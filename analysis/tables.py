@@ -13,9 +13,11 @@ from typing import Any
 
 import pandas as pd
 
+from sweeps.study.record import read
+
 from . import fmt
 from .load import StudyData
-from .stats import HIDDEN_BIN, LR_BIN, THIN, add_bins, cells, wilson
+from .stats import HIDDEN_BIN, LR_BIN, THIN, add_bins, best_first, cells, wilson
 
 # The question's order: bias placement, activation, optimizer, size; then the nuisance learning rate and
 # the settings usually fixed per sweep.
@@ -75,7 +77,8 @@ def cell_table(data: StudyData, by: list[str], name: str, title: str) -> Table:
 
 
 def top_table(data: StudyData, keys: list[str]) -> Table:
-    fin = data.finished.sort_values(["value", "success_rate", "number"], ascending=[True, False, True]).head(TOP)
+    """The ten best finished trials with the keys that vary."""
+    fin = best_first(data.finished).head(TOP)
     raw = fin[["number", "value", "success_rate", "n_success", "n_seeds", "n_params", "wall_time_s", *KEY_ORDER]]
     shown = pd.DataFrame({"trial": fin["number"].map(lambda n: f"#{n}"),
                           "median MSE": fin["value"].map(fmt.mse),
@@ -111,12 +114,9 @@ def trials_csv(data: StudyData) -> pd.DataFrame:
 
 def _label_attrs(replay: StudyData) -> list[str]:
     """Short text attributes of the replayed trials (e.g. a program's name), whatever they are called."""
-    skip = {"fail_reason", "fail_detail"}
     names: dict[str, None] = {}
     for t in replay.frozen.values():
-        for k, v in t.user_attrs.items():
-            if k not in skip and isinstance(v, str) and len(v) <= 80:
-                names[k] = None
+        names.update(dict.fromkeys(read(t).labels))
     return list(names)
 
 
@@ -126,7 +126,7 @@ def programs_table(replay: StudyData) -> Table:
     labels = _label_attrs(replay)
     raw = trials[["number", "state", "value", "n_success", "n_seeds", "success_rate", "n_params", *KEY_ORDER]].copy()
     for k in labels:
-        raw[k] = [replay.frozen[n].user_attrs.get(k) for n in trials["number"]]
+        raw[k] = [read(replay.frozen[n]).labels.get(k) for n in trials["number"]]
     low, high = wilson(raw["n_success"].to_numpy(), raw["n_seeds"].to_numpy())
     raw["ci_low"], raw["ci_high"] = low, high
     shown = pd.DataFrame({"trial": trials["number"].map(lambda n: f"#{n}")})

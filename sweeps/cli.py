@@ -1,4 +1,4 @@
-"""Command line: `python -m sweeps run|worker|list|show|specs|dashboard` (also installed as `sweeps`).
+"""Command line: `sweeps run|worker|list|show|specs|dashboard` (also `python -m sweeps`).
 
 Exit codes: 0 done, 1 a failure while running, 2 bad input (spec, flags, storage, study name),
 130 interrupted (finished trials kept, the round in flight failed and retried on the next run).
@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Sequence
 
-from . import dashboard
-from .argparser import OneLineParser
-from . import spec as specs
-from . import storage as st
+from .config import DEFAULT_STORAGE, ENV_STORAGE
+from .console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, fail
+from .dashboard import serve as dashboard
+from .study import rdb
+from .study import spec as specs
+from .study import storage as st
+from .study.errors import StorageError, describe_error, mask
+from .study.record import read
 
-EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+STORAGE_HELP = f"storage URL (default: ${ENV_STORAGE}, else {DEFAULT_STORAGE})"
 
 
 def _positive_int(text: str) -> int:
@@ -30,6 +33,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `sweeps` argument parser, every subcommand."""
     p = OneLineParser(prog="sweeps", description="Batched Optuna sweeps of 1-H-1 networks fitting sin(x) on [0, 10].")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
@@ -38,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         r = sub.add_parser(name, help=text, description=text)
         r.add_argument("spec", help="a bundled spec's name (see `sweeps specs`) or a path to a .toml file")
         r.add_argument("--trials", type=_positive_int, help="the study's total trial budget (default: the spec's)")
-        r.add_argument("--storage", help="storage URL (default: the spec's, sqlite:///studies/studies.db)")
+        r.add_argument("--storage", help=f"storage URL (default: ${ENV_STORAGE}, else the spec's, else {DEFAULT_STORAGE})")
         r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present, else cpu")
         r.add_argument("--batch-size", type=_positive_int, help="models trained together (1 = one at a time, the reference path)")
         r.add_argument("--seed", type=int, help="base seed for the sampler and the models' inits (default: the spec's)")
@@ -48,32 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fuse the training step with torch.compile: same numbers, faster on long runs (one-off compile per activation)")
 
     ls = sub.add_parser("list", help="studies in a storage, with trial counts and best values")
-    ls.add_argument("--storage", help="storage URL (default: $SWEEPS_STORAGE, else sqlite:///studies/studies.db)")
+    ls.add_argument("--storage", help=STORAGE_HELP)
     sh = sub.add_parser("show", help="a study's best trials and their configuration")
     sh.add_argument("study")
-    sh.add_argument("--storage", help="storage URL (default: $SWEEPS_STORAGE, else sqlite:///studies/studies.db)")
+    sh.add_argument("--storage", help=STORAGE_HELP)
     sh.add_argument("--top", type=_positive_int, default=10)
     sub.add_parser("specs", help="the bundled specs")
     dashboard.add_cli(sub)
     return p
 
 
-def quiet_optuna() -> None:
-    """Silence what Optuna says about features we use on purpose (heartbeats with ask/tell)."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `sweeps` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.command in ("list", "show") and not args.storage:
-        args.storage = st.default_url()
-    quiet_optuna()
+    if args.command in ("list", "show"):
+        args.storage = st.resolve_url(args.storage)
+    st.quiet_optuna()
     try:
         if args.command in ("run", "worker"):
             return _run(args)
@@ -86,37 +80,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "dashboard":
             return dashboard.run_cli(args)
     except specs.SpecError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except st.StorageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_USAGE)
     raise AssertionError(args.command)
 
 
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"error: {message}\n")
-    return code
-
-
 def _run(args: argparse.Namespace) -> int:
-    from .runner import Interrupted, Options, StudyMismatch, run, storage_url
-    from .train import DeviceUnavailable
+    from .engine import DeviceUnavailable
+    from .study.runner import Interrupted, Options, StudyMismatch, run, storage_url
 
     spec = specs.load(args.spec)  # validated before any storage is touched
     opts = Options(storage=args.storage, device=args.device, batch_size=args.batch_size, trials=args.trials,
                    study_name=args.study, seed=args.seed, progress=False if args.no_progress else None,
                    compile=args.compile)
+    url = storage_url(spec, opts)
     try:
         summary = run(spec, opts)
     except StudyMismatch as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     except Interrupted as exc:
-        return _fail(str(exc), EXIT_INTERRUPTED)
-    except st.StorageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_INTERRUPTED)
+    except StorageError as exc:
+        return fail(str(exc), EXIT_USAGE)
     except DeviceUnavailable as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     except Exception as exc:  # storage failures surface as many library types; name the real cause
-        return _fail(st.describe_error(exc, storage_url(spec, opts)), EXIT_FAILURE)
+        return fail(describe_error(exc, url), EXIT_FAILURE)
+    _publish(url, summary.study_name, spec, summary.budget)
     print(f"study {summary.study_name!r} in {summary.storage}: {summary.finished}/{summary.budget} trials finished "
           f"({summary.trials_run} this run, {summary.models} models on {summary.device} in {summary.wall_s:.1f} s, "
           f"{summary.models_per_s:.1f} models/s)")
@@ -125,6 +116,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"best median test MSE {summary.best_value:.3g}: {params}")
     print("next: `make dashboard` to inspect it, `make report` for tables and figures")
     return 0
+
+
+def _publish(url: str, name: str, spec: "specs.Spec", budget: int) -> None:
+    """The dashboard's study note and fit figures after a run; a failure only warns, never fails a sweep."""
+    from .dashboard.publish import publish_run
+
+    try:
+        publish_run(st.open_storage(url), url, name, spec, budget=budget)
+    except Exception as exc:
+        print(f"warning: study note and fit figures not updated: {describe_error(exc, url)}")
 
 
 def _fmt(v: object) -> str:
@@ -137,11 +138,11 @@ def _list(args: argparse.Namespace) -> int:
     storage = st.open_storage(args.storage, create=False)
     summaries = optuna.get_all_study_summaries(storage)
     if not summaries:
-        print(f"no studies in {st.mask(args.storage)}")
+        print(f"no studies in {mask(args.storage)}")
         return 0
     print(f"{'study':<24} {'trials':>7} {'complete':>9} {'best median MSE':>16}")
     for s in summaries:
-        trials = storage.get_all_trials(s._study_id, deepcopy=False)
+        trials = storage.get_all_trials(rdb.study_id(s), deepcopy=False)
         complete = sum(t.state.name == "COMPLETE" for t in trials)
         best = f"{s.best_trial.value:.3g}" if s.best_trial is not None and s.best_trial.value is not None else "-"
         print(f"{s.study_name:<24} {len(trials):>7} {complete:>9} {best:>16}")
@@ -154,7 +155,7 @@ def _show(args: argparse.Namespace) -> int:
     storage = st.open_storage(args.storage, create=False)
     names = [s.study_name for s in storage.get_all_studies()]
     if args.study not in names:
-        return _fail(f"no study {args.study!r} in {st.mask(args.storage)} (have: {', '.join(names) or 'none'})", EXIT_USAGE)
+        return fail(f"no study {args.study!r} in {mask(args.storage)} (have: {', '.join(names) or 'none'})", EXIT_USAGE)
     study = optuna.load_study(study_name=args.study, storage=storage)
     done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
     done.sort(key=lambda t: t.value if t.value is not None and not math.isnan(t.value) else math.inf)
@@ -162,8 +163,10 @@ def _show(args: argparse.Namespace) -> int:
     keys = ("hidden", "bias", "activation", "optimizer", "lr", "data", "loss", "init", "steps", "bias_copies")
     print(f"{'#':>5} {'median MSE':>11} {'success':>8} " + " ".join(f"{k:>10}" for k in keys))
     for t in done[:args.top]:
-        cfg = t.user_attrs.get("config", t.params)
-        print(f"{t.number:>5} {t.value:>11.3g} {t.user_attrs.get('success_rate', float('nan')):>8.0%} "
+        record = read(t)
+        cfg = record.config
+        rate = record.success_rate if record.success_rate is not None else float("nan")
+        print(f"{t.number:>5} {t.value:>11.3g} {rate:>8.0%} "
               + " ".join(f"{_fmt(cfg.get(k, '-')):>10}" for k in keys))
     return 0
 

@@ -1,4 +1,4 @@
-"""Shared helpers: configs with defaults, and a tmp SQLite URL."""
+"""Shared fixtures (a tmp SQLite URL) and the test session's torch settings; helpers live in kit.py."""
 
 from __future__ import annotations
 
@@ -7,18 +7,11 @@ import warnings
 import pytest
 import torch
 
-from sweeps.space import DEFAULTS, Config
 
 # One torch thread: tests also start worker processes, and two processes each spinning two
 # OpenMP threads on CI's 2 cores were measured ~10x slower than one thread each.
 torch.set_num_threads(1)
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-
-
-def config(**overrides) -> Config:
-    values = dict(DEFAULTS)
-    values.update(overrides)
-    return Config(**values)
 
 
 @pytest.fixture

@@ -9,77 +9,17 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps import storage as st
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# hidden x 2 x 2 x 2 cells (24 with the default HIDDEN, 8 with SMALL), 2 seeds each.
-GRID = """
-[study]
-name = "g"
-sampler = "grid"
-trials = 1000
-seeds = 2
-seed = 3
-[fixed]
-data = "r50"
-steps = {steps}
-precision = "float64"
-activation = "tanh"
-[space.hidden]
-choices = {hidden}
-[space.bias]
-choices = ["none", "both"]
-[space.optimizer]
-choices = ["sgd", "adam"]
-[space.lr]
-low = 1e-4
-high = 1e-2
-log = true
-grid = [1e-4, 1e-3]
-"""
-HIDDEN, SMALL = "[1, 2, 3]", "[2]"
-GRID_CELLS, SMALL_CELLS = 24, 8
-
-# Random search: no sampler cost however many trials, for budgets and full disks.
-RANDOM = """
-[study]
-name = "r"
-sampler = "random"
-trials = {trials}
-seeds = 2
-seed = 4
-[fixed]
-data = "r50"
-steps = {steps}
-precision = "float64"
-activation = "tanh"
-optimizer = "adam"
-[space.hidden]
-low = 1
-high = 4
-[space.bias]
-choices = ["none", "both"]
-[space.lr]
-low = 1e-4
-high = 1e-3
-log = true
-"""
+from kit import GRID, GRID_CELLS, HIDDEN, RANDOM, ROOT, SMALL, SMALL_CELLS, write_spec  # noqa: F401  (re-exported)
+from sweeps.study.errors import StorageError, sqlite_path
+from sweeps.study import storage as st
+from sweeps.study.record import RETRY_OF, is_done, superseded
 
 # Short heartbeats so that a killed worker's trials go stale in seconds, not minutes.
 FAST_BEATS = {st.ENV_HEARTBEAT: "1", st.ENV_GRACE: "3"}
-
-
-def write_spec(path: Path, template: str, **values: Any) -> Path:
-    if template is GRID:
-        values.setdefault("hidden", HIDDEN)
-    path.write_text(template.format(**values))
-    return path
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -128,12 +68,12 @@ def wait_for(url: str, name: str, proc: subprocess.Popen, *, complete: int, runn
 
 
 def _study_exists(url: str, name: str) -> bool:
-    path = st.sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None and not path.exists():
         return False
     try:
         return name in [s.study_name for s in st.open_storage(url, create=False).get_all_studies()]
-    except st.StorageError:
+    except StorageError:
         return False
 
 
@@ -153,8 +93,6 @@ def snapshot(ts: list[FrozenTrial]) -> dict[int, tuple]:
 
 
 def done(ts: list[FrozenTrial]) -> list[FrozenTrial]:
-    from sweeps.recovery import is_done, superseded
-
     retried = superseded(ts)
     return [t for t in ts if is_done(t, retried)]
 
@@ -164,7 +102,7 @@ def assert_retried_once(ts: list[FrozenTrial], failed_numbers: set[int]) -> None
     by_number = {t.number: t for t in ts}
     for n in failed_numbers:
         assert by_number[n].state == TrialState.FAIL, n
-        retries = [t for t in ts if t.user_attrs.get(st.RETRY_OF) == n]
+        retries = [t for t in ts if t.user_attrs.get(RETRY_OF) == n]
         assert len(retries) == 1, (n, [r.number for r in retries])
         retry = retries[0]
         assert retry.state == TrialState.COMPLETE, (n, retry.state)

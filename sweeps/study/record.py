@@ -1,0 +1,263 @@
+"""The trial record: what a finished trial stores in Optuna, written and read only here.
+
+A trial's value is the median over seeds of the test MSE (diverged seeds count as +inf, so a trial
+where most seeds diverge is worse than any that fit). Its user attributes:
+
+- `success_rate` (seeds under the success threshold), `diverged` (seeds that diverged), `n_params`;
+- `config`: the whole configuration, fixed settings included;
+- `seeds`: per seed its init `seed`, `test_mse` (None where it diverged: JSON has no inf),
+  `train_mse`, `steps`, `diverged_at`;
+- `fit`: `hidden`, `activation`, the input `shift`/`scale`, every seed's fitted `params` (own layout
+  [w1|b1|w2|b2], None where diverged), the `median_seed` and its learning `curve`;
+- `run`: device, versions, host, spec name and hash, batch size, start time, wall times;
+- `fail_reason` on FAIL trials (`diverged` when every seed did; `interrupted`, `stale`, an error),
+  `retry_of` on a retry (the number of the failed trial it redoes).
+
+A study carries `spec` (the spec it was made from, as a table), `space_hash` (its identity: a
+changed space is refused) and `opens` (how often it was opened: seeds each opening's sampler).
+
+`summarise` writes a record from the engine's results; `read` gives any consumer (report,
+dashboard, `sweeps show`, the R reference) a typed view of a stored trial, so that no other module
+indexes user attributes by string. `is_done`/`superseded` say which trials count toward a budget.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import Config
+from ..engine.jobs import Result
+from .spec import Spec
+
+FAIL_REASON = "fail_reason"
+FAIL_DETAIL = "fail_detail"
+DIVERGED = "diverged"
+INTERRUPTED = "interrupted"
+RETRY_OF = "retry_of"  # user attribute of a retry: the number of the failed trial it redoes
+SPEC, SPACE_HASH, OPENS = "spec", "space_hash", "opens"  # study user attributes
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """value is None when every seed diverged (the trial is then told FAIL with `reason`)."""
+
+    value: float | None
+    reason: str | None
+    attrs: dict[str, Any]
+
+
+def versions() -> dict[str, str]:
+    """The library versions a record carries."""
+    import optuna
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__}
+
+
+def host() -> str:
+    """This machine's name, as records name it."""
+    return platform.node() or sys.platform
+
+
+def summarise(config: Config, seeds: Sequence[int], results: Sequence[Result], *, threshold: float,
+              run: dict[str, Any]) -> TrialOutcome:
+    """The value and attributes of one trial from its models' results (in seed order)."""
+    mses = [r.test_mse for r in results]
+    n = len(results)
+    diverged = sum(r.diverged for r in results)
+    successes = sum(m < threshold for m in mses)
+    finite = sorted((m, i) for i, m in enumerate(mses) if math.isfinite(m))
+    median_seed = finite[(len(finite) - 1) // 2][1] if finite else None
+    attrs: dict[str, Any] = {
+        "success_rate": successes / n,
+        "diverged": diverged,
+        "n_params": config.n_params(),
+        "config": config.as_dict(),
+        "seeds": {
+            "seed": list(seeds),
+            "test_mse": mses,
+            "train_mse": [r.train_mse for r in results],
+            "steps": [r.steps for r in results],
+            "diverged_at": [r.diverged_at for r in results],
+        },
+        "fit": {
+            "hidden": config.hidden,
+            "activation": config.activation,
+            "shift": results[0].shift,
+            "scale": results[0].scale,
+            "params": [list(r.params) if r.params is not None else None for r in results],
+            "median_seed": median_seed,
+            "curve": [list(p) for p in results[median_seed].curve] if median_seed is not None else [],
+        },
+        "run": run,
+    }
+    if diverged == n:
+        attrs[FAIL_REASON] = DIVERGED
+        attrs[FAIL_DETAIL] = f"all {n} seeds diverged"
+        return TrialOutcome(None, attrs[FAIL_DETAIL], attrs)
+    return TrialOutcome(statistics.median(mses), None, attrs)
+
+
+def reference_attrs(config: dict[str, Any], rows: Sequence[dict[str, Any]], *, threshold: float,
+                    run: dict[str, Any], extra_columns: Sequence[str] = ()) -> dict[str, Any]:
+    """The record of a reference implementation's fits (R's nnet), one row per seed.
+
+    Rows carry seed, test_mse, train_mse, iterations and the `extra_columns` (e.g. R's seconds and
+    convergence code); there are no fitted parameters.
+    """
+    mses = [r["test_mse"] for r in rows]
+    return {
+        "success_rate": sum(m < threshold for m in mses) / len(mses),
+        "diverged": sum(not math.isfinite(m) for m in mses),
+        "config": config,
+        "seeds": {**{k: [r[k] for r in rows] for k in ("seed", "test_mse", "train_mse", *extra_columns)},
+                  "steps": [r["iterations"] for r in rows], "diverged_at": [None] * len(rows)},
+        "run": run,
+    }
+
+
+def study_attrs(spec: Spec) -> dict[str, Any]:
+    """The user attributes a study gets from its spec when it is made."""
+    return {
+        SPEC: {"name": spec.name, "path": spec.path, "description": spec.description, "sampler": spec.sampler,
+               "seeds": spec.seeds, "success_threshold": spec.success_threshold, "data_seed": spec.data_seed,
+               "fixed": spec.fixed,
+               "space": {k: {kk: vv for kk, vv in vars(d).items() if vv is not None} for k, d in spec.space.items()}},
+        SPACE_HASH: spec.space_hash(),
+    }
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def read_spec(study_user_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The spec a study was made from, as stored (empty when it has none)."""
+    return dict(study_user_attrs.get(SPEC) or {})
+
+
+@dataclass(frozen=True)
+class Fit:
+    """What it takes to redraw a trial's fitted curves without retraining."""
+
+    hidden: int
+    activation: str
+    shift: float
+    scale: float
+    params: list[list[float] | None]  # per seed, own layout; None where the seed diverged
+    median_seed: int | None
+    curve: list[tuple[int, float]]  # the median seed's (step, training MSE)
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """Per-seed numbers of a trial, in seed order (test_mse None: that seed diverged)."""
+
+    seed: list[int] = field(default_factory=list)
+    test_mse: list[float | None] = field(default_factory=list)
+    train_mse: list[float | None] = field(default_factory=list)
+    steps: list[int | None] = field(default_factory=list)
+    diverged_at: list[int | None] = field(default_factory=list)
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # a reference's own columns (seconds, …)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A stored trial as every consumer sees it."""
+
+    number: int
+    state: TrialState
+    value: float | None
+    params: dict[str, Any]
+    config: dict[str, Any]  # the full configuration (stored, else the params)
+    success_rate: float | None
+    diverged: int | None
+    n_params: int | None
+    seeds: Seeds
+    fit: Fit | None
+    run: dict[str, Any]
+    fail_reason: str | None
+    retry_of: int | None
+    labels: dict[str, str]  # short text attributes a spec or tool added (e.g. a program's name)
+
+    @property
+    def bias(self) -> str | None:
+        return self.config.get("bias")
+
+
+_KNOWN = {"success_rate", "diverged", "n_params", "config", "seeds", "fit", "run", FAIL_REASON, FAIL_DETAIL,
+          RETRY_OF}
+_SEED_KEYS = ("seed", "test_mse", "train_mse", "steps", "diverged_at")
+
+
+def read(trial: FrozenTrial) -> Record:
+    """The typed view of a stored trial (missing attributes read as empty, never as an error)."""
+    ua = trial.user_attrs
+    seeds_raw = ua.get("seeds") or {}
+    fit_raw = ua.get("fit") or {}
+    fit = None
+    if fit_raw.get("params") is not None and "hidden" in fit_raw:
+        fit = Fit(hidden=int(fit_raw["hidden"]), activation=str(fit_raw["activation"]),
+                  shift=float(fit_raw.get("shift", 0.0)), scale=float(fit_raw.get("scale", 1.0)),
+                  params=list(fit_raw["params"]), median_seed=fit_raw.get("median_seed"),
+                  curve=[(int(s), float(v)) for s, v in fit_raw.get("curve") or []])
+    value = trial.values[0] if trial.values else None
+    return Record(
+        number=trial.number,
+        state=trial.state,
+        value=value,
+        params=dict(trial.params),
+        config={**trial.params, **(ua.get("config") or {})},
+        success_rate=ua.get("success_rate"),
+        diverged=ua.get("diverged"),
+        n_params=ua.get("n_params"),
+        seeds=Seeds(**{k: list(seeds_raw.get(k) or []) for k in _SEED_KEYS},
+                    extra={k: list(v) for k, v in seeds_raw.items() if k not in _SEED_KEYS}),
+        fit=fit,
+        run=dict(ua.get("run") or {}),
+        fail_reason=ua.get(FAIL_REASON),
+        retry_of=ua.get(RETRY_OF),
+        labels={k: v for k, v in ua.items() if k not in _KNOWN and isinstance(v, str) and len(v) <= 80},
+    )
+
+
+def superseded(trials: Iterable[FrozenTrial]) -> set[int]:
+    """Numbers of trials that some other trial retries."""
+    out: set[int] = set()
+    for t in trials:
+        out.update(t.system_attrs.get("retry_history", ()))
+        if RETRY_OF in t.user_attrs:
+            out.add(t.user_attrs[RETRY_OF])
+    return out
+
+
+def is_done(trial: FrozenTrial, retried: set[int]) -> bool:
+    """Whether the trial counts toward the budget: COMPLETE, or FAIL because every seed diverged
+    (a real result), unless a later trial retries it. Interrupted, crashed or stale trials never count."""
+    if trial.number in retried:
+        return False
+    return trial.state == TrialState.COMPLETE or (
+        trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_REASON) == DIVERGED)
+
+
+def seed_mse(value: float | None) -> float:
+    """A stored per-seed test MSE as a number: None (a diverged seed) is +inf."""
+    return math.inf if value is None else float(value)
+
+
+def json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not JSON; the dashboard's parser rejects them) by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -1,0 +1,62 @@
+"""Type checks for spec values that fail with one line naming the file and the key (`SpecError`)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ..config import KEYS
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message is one line naming the file and key."""
+
+
+class Validator:
+    """Type checks that raise one-line SpecErrors naming the file and key."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, message: str) -> None:
+        raise SpecError(f"{self.path}: {key}: {message}")
+
+    def only(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
+        for key in table:
+            if key not in allowed:
+                name = f"{where}.{key}" if where else key
+                self.fail(name, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+    def table(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            self.fail(key, "must be a table")
+        return value
+
+    def get(self, table: dict[str, Any], key: str, kind: type, default: Any) -> Any:
+        short = key.rsplit(".", 1)[-1]
+        if short not in table:
+            return default
+        return self.typed(key, kind, table[short])
+
+    def typed(self, key: str, kind: type, value: Any) -> Any:
+        # TOML ints are acceptable floats; bools are not ints here.
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.fail(key, f"must be {kind.__name__}, got {type(value).__name__} {value!r}")
+        if kind is float and not math.isfinite(value):
+            self.fail(key, f"must be finite, got {value}")
+        return value
+
+    def value(self, where: str, key: str, value: Any) -> Any:
+        """Check a value for config key `key`: type, choices, bounds."""
+        spec = KEYS[key]
+        value = self.typed(where, spec.kind, value)
+        if spec.choices is not None and value not in spec.choices:
+            self.fail(where, f"{value!r} is not one of {', '.join(map(str, spec.choices))}")
+        if spec.low is not None and value < spec.low or spec.high is not None and value > spec.high:
+            self.fail(where, f"{value!r} is outside [{spec.low}, {spec.high}]")
+        if key == "lr" and value <= 0:
+            self.fail(where, f"learning rate must be above 0, got {value}")
+        return value
