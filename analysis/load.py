@@ -19,12 +19,11 @@ import pandas as pd
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeps.config import CONFIG_KEYS
+from sweeps.config import CONFIG_KEYS, SUCCESS_THRESHOLD
 from sweeps.study import storage
 from sweeps.study.errors import StorageError, mask, root_cause, sqlite_path
 from sweeps.study.record import is_done, read, read_spec, superseded
 
-DEFAULT_THRESHOLD = 1e-3
 DIVERGED = "diverged"
 NNET_CSV = "nnet_reference.csv"
 SEED_REPLAY = "seed-replay"
@@ -46,7 +45,7 @@ class StudyData:
 
     @property
     def threshold(self) -> float:
-        return float(self.spec.get("success_threshold", DEFAULT_THRESHOLD))
+        return float(self.spec.get("success_threshold", SUCCESS_THRESHOLD))
 
     @property
     def data_seed(self) -> int:
@@ -87,7 +86,7 @@ def load_study(storage: RDBStorage, url: str, name: str, names: list[str] | None
     study = optuna.load_study(study_name=name, storage=storage)
     spec = read_spec(study.user_attrs)
     trials = study.get_trials(deepcopy=False)
-    threshold = float(spec.get("success_threshold", DEFAULT_THRESHOLD))
+    threshold = float(spec.get("success_threshold", SUCCESS_THRESHOLD))
     retried = superseded(trials)
     rows = [_row(t, spec, threshold, is_done(t, retried)) for t in trials]
     frame = pd.DataFrame(rows, columns=_COLUMNS)

@@ -30,6 +30,8 @@ MAX_HIDDEN = 256
 # applies that rule). An environment variable keeps a password out of the process list.
 DEFAULT_STORAGE = "sqlite:///studies/studies.db"
 ENV_STORAGE = "SWEEPS_STORAGE"
+# A seed *fits* when its test MSE on the 1001-point grid is under this (a spec may set its own).
+SUCCESS_THRESHOLD = 1e-3
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..config import CONFIG_KEYS, DEFAULT_STORAGE, DEFAULTS, KEYS, PRESETS
+from ..config import CONFIG_KEYS, DEFAULT_STORAGE, DEFAULTS, KEYS, PRESETS, SUCCESS_THRESHOLD
 from .search import Dimension
 from .validator import SpecError, Validator
 
@@ -135,7 +135,7 @@ def _study(v: Validator, study: dict[str, Any], default_name: str) -> dict[str, 
         v.fail("study.trials", f"must be at least 1, got {trials}")
     if not 1 <= seeds <= 1024:
         v.fail("study.seeds", f"must be between 1 and 1024, got {seeds}")
-    threshold = v.get(study, "study.success_threshold", float, 1e-3)
+    threshold = v.get(study, "study.success_threshold", float, SUCCESS_THRESHOLD)
     if not (threshold > 0 and math.isfinite(threshold)):
         v.fail("study.success_threshold", f"must be a positive number, got {threshold}")
     return {"name": name, "description": v.get(study, "study.description", str, ""), "sampler": sampler,
