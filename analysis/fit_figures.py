@@ -92,7 +92,7 @@ def learning_curves(data: StudyData) -> Callable[[Path], FigureRef | None]:
             fig = Figure(figsize=(8.5, 4.8), layout="constrained")
             ax = fig.subplots()
             for bias, row, curve in curves:
-                steps, mse = zip(*curve)
+                steps, mse = [p[0] for p in curve], [p[1] for p in curve]  # (step, train[, test]) points
                 ax.plot(steps, mse, color=cmap[bias], lw=1.8, marker="o", ms=3,
                         label=f"bias={bias} (#{int(row['number'])}, {row['activation']}, {row['optimizer']})")
             ax.set_xscale("symlog", linthresh=1)

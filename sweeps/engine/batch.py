@@ -61,16 +61,23 @@ def stack(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device, dty
                  shift=shift, scale=scale)
 
 
+def test_mse(batch: Batch, model: BatchModel, P: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Test MSE on the 1001-point grid of each model with parameters P [K] (or of the given rows of
+    the batch, P then holding just those rows)."""
+    y_test = batch.y_test
+    with torch.no_grad():
+        return ((model.predict(P, batch.x_test) - y_test) ** 2).mean(1)
+
+
 def evaluate(batch: Batch, model: BatchModel, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Test MSE on the 1001-point grid and training MSE of each model with parameters P [K]."""
     with torch.no_grad():
-        test = ((model.predict(P, batch.x_test) - batch.y_test) ** 2).mean(1)
-        train = model.sse(P) / batch.x.numel()
-    return test, train
+        return test_mse(batch, model, P), model.sse(P) / batch.x.numel()
 
 
 def results(batch: Batch, P: torch.Tensor, test_mse: torch.Tensor, train_mse: torch.Tensor, steps: Sequence[int],
-            diverged_at: Sequence[int | None], curves: Sequence[tuple[tuple[int, float], ...]]) -> list[Result]:
+            diverged_at: Sequence[int | None], curves: Sequence[tuple[tuple[int, float, float], ...]], *,
+            evals: Sequence[int]) -> list[Result]:
     """Per-model results in job order; a diverged model reports inf MSEs and no parameters."""
     rows = P.to("cpu", torch.float64)
     test, train = test_mse.cpu().tolist(), train_mse.cpu().tolist()
@@ -86,5 +93,6 @@ def results(batch: Batch, P: torch.Tensor, test_mse: torch.Tensor, train_mse: to
             curve=curves[k],
             shift=batch.shift,
             scale=batch.scale,
+            evals=evals[k],
         ))
     return out

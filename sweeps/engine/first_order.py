@@ -23,7 +23,7 @@ import torch
 from ..config import FIRST_ORDER
 from . import batch as batches
 from . import data as datasets
-from .jobs import DIVERGENCE_MSE, Job, Result, curve_steps
+from .jobs import DIVERGENCE_MSE, Job, Result, checkpoints
 from .model import BatchModel, bias_lr_factor, pad, runs
 
 MOMENTUM = 0.9
@@ -118,9 +118,10 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
 
     opt = Optimizers([j.config.optimizer for j in jobs], learning_rates(jobs, b.hidden), P.shape[1], dtype, device)
     steps = first.steps
-    checkpoints = curve_steps(steps)
-    curve = torch.full((len(jobs), len(checkpoints)), math.nan, **b.to)
-    check_at = {s: c for c, s in enumerate(checkpoints)}
+    points = checkpoints(steps)
+    curve = torch.full((len(jobs), len(points)), math.nan, **b.to)
+    test_curve = torch.full((len(jobs), len(points)), math.nan, **b.to)
+    check_at = {s: c for c, s in enumerate(points)}
     active = torch.ones(len(jobs), dtype=torch.bool, device=device)
     diverged_at = torch.full((len(jobs),), -1, dtype=torch.long, device=device)
 
@@ -135,6 +136,7 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
         active = active & ok
         if step in check_at:
             curve[:, check_at[step]] = torch.where(active, mse, math.nan)
+            test_curve[:, check_at[step]] = torch.where(active, batches.test_mse(b, model, P), math.nan)
         if step == steps:
             break
         opt.step(P, grad, active)
@@ -144,5 +146,7 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
 
     test_mse, train_mse = batches.evaluate(b, model, P)
     div = [d if d >= 0 else None for d in diverged_at.cpu().tolist()]
-    curves = [tuple((s, c) for s, c in zip(checkpoints, row) if not math.isnan(c)) for row in curve.cpu().tolist()]
-    return batches.results(b, P, test_mse, train_mse, [d if d is not None else steps for d in div], div, curves)
+    curves = [tuple((s, c, t) for s, c, t in zip(points, row, trow) if not math.isnan(c))
+              for row, trow in zip(curve.cpu().tolist(), test_curve.cpu().tolist())]
+    taken = [d if d is not None else steps for d in div]
+    return batches.results(b, P, test_mse, train_mse, taken, div, curves, evals=taken)

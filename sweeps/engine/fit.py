@@ -10,6 +10,8 @@ on its batch-mates (up to float rounding from padding, which the tests bound). N
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
@@ -63,11 +65,22 @@ def fit(jobs: Sequence[Job], *, device: torch.device, batch_size: int, data_seed
                 size = min(size, max(1, CPU_BATCH_ELEMENTS // (widest * cache[name].x.numel())))
             chunk = indices[start:start + size]
             start += size
-            for i, res in zip(chunk, fit_batch([jobs[i] for i in chunk], cache[name], device, compile=compile)):
+            t0 = time.perf_counter()
+            done = fit_batch([jobs[i] for i in chunk], cache[name], device, compile=compile)
+            for i, res in zip(chunk, with_seconds(done, [jobs[i] for i in chunk], time.perf_counter() - t0,
+                                                  cache[name].x.numel())):
                 results[i] = res
             if on_batch is not None:
                 on_batch(len(chunk))
     return results  # type: ignore[return-value]
+
+
+def with_seconds(results: Sequence[Result], jobs: Sequence[Job], wall: float, points: int) -> list[Result]:
+    """Each result with its share of the batch's wall time, in proportion to its work: hidden
+    units x training points x gradient evaluations (a model that stopped early cost less)."""
+    work = [max(1, j.config.hidden * points * max(r.evals, 1)) for r, j in zip(results, jobs)]
+    total = float(sum(work))
+    return [dataclasses.replace(r, seconds=wall * w / total) for r, w in zip(results, work)]
 
 
 def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device, compile: bool = False) -> list[Result]:

@@ -38,7 +38,7 @@ import torch
 
 from . import batch as batches
 from . import data as datasets
-from .jobs import DIVERGENCE_MSE, Job, Result, curve_steps
+from .jobs import DIVERGENCE_MSE, Job, Result, checkpoints
 from .model import ACTIVATIONS, BatchModel, Layout, forward
 
 # vmmin's constants (R's src/appl/optim.c).
@@ -75,6 +75,7 @@ class Step:
     moved: torch.Tensor
     slope: torch.Tensor
     steplength: torch.Tensor
+    P: torch.Tensor  # the running models' parameters after the step [M, D]
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,7 @@ class Outcome:
     loss: torch.Tensor  # final training loss (sum or mean of squared errors, as the model's)
     iterations: torch.Tensor  # iterations used
     converged: torch.Tensor  # stopped by a tolerance (False: maxit reached, or never started)
+    evals: torch.Tensor  # gradient evaluations (bfgs) or Jacobian evaluations (lm)
 
 
 OnStep = Callable[[Step], None]
@@ -253,13 +255,15 @@ class _Finals:
         self.P, self.loss = P.clone(), loss.clone()
         self.iterations = torch.zeros(P.shape[0], dtype=torch.long, device=P.device)
         self.converged = torch.zeros(P.shape[0], dtype=torch.bool, device=P.device)
+        self.evals = torch.zeros(P.shape[0], dtype=torch.long, device=P.device)
 
     def store(self, idx: torch.Tensor, P: torch.Tensor, loss: torch.Tensor, iterations: torch.Tensor,
-              converged: torch.Tensor) -> None:
+              converged: torch.Tensor, evals: torch.Tensor) -> None:
         self.P[idx], self.loss[idx], self.iterations[idx], self.converged[idx] = P, loss, iterations, converged
+        self.evals[idx] = evals
 
     def outcome(self) -> Outcome:
-        return Outcome(self.P, self.loss, self.iterations, self.converged)
+        return Outcome(self.P, self.loss, self.iterations, self.converged, self.evals)
 
 
 def _start(loss: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
@@ -289,7 +293,8 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
     one = torch.ones(idx.numel(), dtype=torch.long, device=P.device)
     st: State = {"idx": idx, "P": P[idx], "f": f0[idx], "g": g0[idx], "mask": m, "B": torch.diag_embed(m),
                  "abstol": abstol[idx], "reltol": reltol[idx], "n": m.sum(1).long(),
-                 "iters": one, "gradcount": one.clone(), "ilast": one.clone()}  # vmmin's counters
+                 "iters": one, "gradcount": one.clone(), "ilast": one.clone(),  # vmmin's counters
+                 "evals": one.clone()}  # gradient evaluations: the first, then one or two per line search
     finals.iterations[idx] = 1  # vmmin counts the first gradient as iteration 1
     steps = _steplengths(MAX_TRIALS, P.device)
     while st["idx"].numel():  # like vmmin's do-while: at least one iteration
@@ -337,11 +342,12 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
         ilast = torch.where((progress & ~upd) | (stalled & ~fresh), gradcount, st["ilast"])
         ilast = torch.where(gradcount - ilast > 2 * st["n"], gradcount, ilast)  # periodic restart
         if on_step is not None:
-            on_step(Step(st["idx"], iters, f, f_new, moved, slope, steplength))
-        st.update(P=P_new, f=f_new, g=g_new, B=B, iters=iters, gradcount=gradcount, ilast=ilast)
+            on_step(Step(st["idx"], iters, f, f_new, moved, slope, steplength, P_new))
+        evals = st["evals"] + down.long() + (moved & (steplength < 1.0)).long()  # step 1, and a backtrack
+        st.update(P=P_new, f=f_new, g=g_new, B=B, iters=iters, gradcount=gradcount, ilast=ilast, evals=evals)
         stop = done | (iters >= maxit)
         if bool(stop.any()):
-            finals.store(st["idx"][stop], P_new[stop], f_new[stop], iters[stop], done[stop])
+            finals.store(st["idx"][stop], P_new[stop], f_new[stop], iters[stop], done[stop], evals[stop])
             st = _compact(st, ~stop)
     return finals.outcome()
 
@@ -404,14 +410,16 @@ def lm(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: tor
         low = F_now * scale <= st["abstol"]
         stuck = (mu_next > LM_MU_MAX * top) | (solved & ~moved & _unchanged(Pm, P_new))
         done = small | low | stuck
+        P_now = torch.where(moved[:, None], P_new, Pm)
         if on_step is not None:
-            on_step(Step(st["idx"], iters, F * scale, F_now * scale, moved, -predicted, mu))
-        st.update(P=torch.where(moved[:, None], P_new, Pm), F=F_now,
+            on_step(Step(st["idx"], iters, F * scale, F_now * scale, moved, -predicted, mu, P_now))
+        st.update(P=P_now, F=F_now,
                   A=torch.where(moved[:, None, None], A_new, A), g=torch.where(moved[:, None], g_new, g),
                   mu=mu_next, nu=nu, iters=iters)
         stop = done | (iters >= maxit)
         if bool(stop.any()):
-            finals.store(st["idx"][stop], st["P"][stop], F_now[stop] * scale, iters[stop], done[stop])
+            finals.store(st["idx"][stop], st["P"][stop], F_now[stop] * scale, iters[stop], done[stop],
+                         iters[stop] + 1)  # one Jacobian at the start, one per iteration
             st = _compact(st, ~stop)
     return finals.outcome()
 
@@ -420,34 +428,39 @@ METHODS = {"bfgs": bfgs, "lm": lm}
 
 
 class _Curve:
-    """Training MSE of each model at its own iteration checkpoints (`jobs.curve_steps`)."""
+    """Training and test MSE of each model at its own iteration checkpoints (`jobs.checkpoints`)."""
 
-    def __init__(self, checkpoints: list[int], K: int, n: int, loss_scale: float, device: torch.device) -> None:
-        self.checkpoints = checkpoints
-        self.values = torch.full((K, len(checkpoints)), math.nan, dtype=DTYPE, device=device)
-        slot = torch.full((checkpoints[-1] + 1,), -1, dtype=torch.long)
-        slot[torch.tensor(checkpoints)] = torch.arange(len(checkpoints))
+    def __init__(self, points: list[int], K: int, n: int, loss_scale: float, device: torch.device,
+                 test_mse: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.points = points
+        self.values = torch.full((K, len(points)), math.nan, dtype=DTYPE, device=device)
+        self.tests = torch.full((K, len(points)), math.nan, dtype=DTYPE, device=device)
+        slot = torch.full((points[-1] + 1,), -1, dtype=torch.long)
+        slot[torch.tensor(points)] = torch.arange(len(points))
         self.slot = slot.to(device)
         self.to_mse = 1.0 / (loss_scale * n)
-        self.last = checkpoints[-1]
+        self.last = points[-1]
+        self.test_mse = test_mse
 
-    def record(self, index: torch.Tensor, iteration: torch.Tensor, loss: torch.Tensor) -> None:
-        """Models `index` are at `iteration` with training loss `loss`."""
+    def record(self, index: torch.Tensor, iteration: torch.Tensor, loss: torch.Tensor, P: torch.Tensor) -> None:
+        """Models `index` are at `iteration` with training loss `loss` and parameters P."""
         pos = self.slot[iteration.clamp(0, self.last)]
         hit = (pos >= 0) & (iteration <= self.last)
         if bool(hit.any()):  # most iterations are no checkpoint of any model
             self.values[index[hit], pos[hit]] = loss[hit] * self.to_mse
+            self.tests[index[hit], pos[hit]] = self.test_mse(P[hit])
 
     def on_step(self, step: Step) -> None:
-        self.record(step.index, step.iteration, step.loss)
+        self.record(step.index, step.iteration, step.loss, step.P)
 
-    def rows(self, final_steps: list[int], final_mse: list[float]) -> list[tuple[tuple[int, float], ...]]:
+    def rows(self, final_steps: list[int], final_mse: list[float],
+             final_test: list[float]) -> list[tuple[tuple[int, float, float], ...]]:
         """Per model: its checkpoints up to the iterations it used, then its final point."""
         out = []
-        for k, row in enumerate(self.values.cpu().tolist()):
-            pts = [(s, v) for s, v in zip(self.checkpoints, row) if s <= final_steps[k] and not math.isnan(v)]
+        for k, (row, trow) in enumerate(zip(self.values.cpu().tolist(), self.tests.cpu().tolist())):
+            pts = [(s, v, t) for s, v, t in zip(self.points, row, trow) if s <= final_steps[k] and not math.isnan(v)]
             if math.isfinite(final_mse[k]) and (not pts or pts[-1][0] != final_steps[k]):
-                pts.append((final_steps[k], final_mse[k]))
+                pts.append((final_steps[k], final_mse[k], final_test[k]))
             out.append(tuple(pts))
         return out
 
@@ -473,9 +486,10 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
         # A start past the divergence line (or NaN, made +inf) is reported diverged at step 0; the
         # methods only ever lower the loss, so no model diverges later.
         ok = loss0 / (net.loss_scale * n) < DIVERGENCE_MSE
-        curve = _Curve(curve_steps(first.steps), len(jobs), n, net.loss_scale, device)
+        curve = _Curve(checkpoints(first.steps), len(jobs), n, net.loss_scale, device,
+                       lambda rows: batches.test_mse(b, net.model, rows))
         started = ok.nonzero().squeeze(1)
-        curve.record(started, torch.zeros_like(started), loss0[started])
+        curve.record(started, torch.zeros_like(started), loss0[started], P[started])
         kwargs = {"damping": damping} if method is lm else {}
         out = method(net, P, mask, maxit=first.steps, abstol=abstol, reltol=reltol, start=ok,
                      on_step=curve.on_step, **kwargs)
@@ -484,5 +498,6 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
     good = ok.cpu().tolist()
     steps = out.iterations.cpu().tolist()
     train = [t if g else math.inf for t, g in zip(train_mse.cpu().tolist(), good)]
-    curves = [c if g else () for c, g in zip(curve.rows(steps, train), good)]
-    return batches.results(b, out.P, test_mse, train_mse, steps, [None if g else 0 for g in good], curves)
+    curves = [c if g else () for c, g in zip(curve.rows(steps, train, test_mse.cpu().tolist()), good)]
+    return batches.results(b, out.P, test_mse, train_mse, steps, [None if g else 0 for g in good], curves,
+                           evals=out.evals.cpu().tolist())

@@ -57,6 +57,11 @@ def pop_waiting(study: optuna.Study) -> int | None:
     return study._pop_waiting_trial_id()
 
 
+def fixed_params(study: optuna.Study, trial_id: int) -> dict[str, Any]:
+    """The params a queued trial was enqueued with (Optuna's `fixed_params` system attribute)."""
+    return dict(study._storage.get_trial(trial_id).system_attrs.get("fixed_params") or {})
+
+
 def heartbeat_stale_callback(study: optuna.Study) -> Any:
     """The storage's retry callback for failed stale trials (None if it has none)."""
     return study._storage.get_heartbeat_stale_trial_callback()

@@ -6,7 +6,11 @@ where most seeds diverge is worse than any that fit). Its user attributes:
 - `success_rate` (seeds under the success threshold), `diverged` (seeds that diverged), `n_params`;
 - `config`: the whole configuration, fixed settings included;
 - `seeds`: per seed its init `seed`, `test_mse` (None where it diverged: JSON has no inf),
-  `train_mse`, `steps`, `diverged_at`;
+  `train_mse`, `steps`, `evals` (gradient or Jacobian evaluations), `seconds` (its share of its
+  batch's time), `diverged_at`, and `test_at`: its test MSE at each of the trial's `checkpoints`
+  (None once diverged; a second-order model that stopped keeps its final value);
+- `checkpoints`: the steps (second order: iterations) at which test MSEs were recorded: 0, the
+  1-2-5 series and the budget, so that "has this seed fit by step s" needs no retraining;
 - `fit`: `hidden`, `activation`, the input `shift`/`scale`, every seed's fitted `params` (own layout
   [w1|b1|w2|b2], None where diverged), the `median_seed` and its learning `curve`;
 - `run`: device, versions, host, spec name and hash, batch size, start time, wall times;
@@ -19,6 +23,9 @@ changed space is refused) and `opens` (how often it was opened: seeds each openi
 `summarise` writes a record from the engine's results; `read` gives any consumer (report,
 dashboard, `sweeps show`, the R reference) a typed view of a stored trial, so that no other module
 indexes user attributes by string. `is_done`/`superseded` say which trials count toward a budget.
+
+Over 300 lines on purpose: the schema's writers and its reader stay in one module so that they
+cannot drift apart.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config import Config
-from ..engine.jobs import Result
+from ..engine.jobs import Result, checkpoints
 from .spec import Spec
 
 FAIL_REASON = "fail_reason"
@@ -43,6 +50,8 @@ DIVERGED = "diverged"
 INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"  # user attribute of a retry: the number of the failed trial it redoes
 SPEC, SPACE_HASH, OPENS = "spec", "space_hash", "opens"  # study user attributes
+CELL = "cell"  # a designed study's trial: its cell (label, control arm, ladder, changes, tuned)
+TUNED_FROM = "tuned_from"  # a confirmation: [lr, seeds fit, median MSE, trial number] of each tuning trial
 
 
 @dataclass(frozen=True)
@@ -76,26 +85,31 @@ def summarise(config: Config, seeds: Sequence[int], results: Sequence[Result], *
     successes = sum(m < threshold for m in mses)
     finite = sorted((m, i) for i, m in enumerate(mses) if math.isfinite(m))
     median_seed = finite[(len(finite) - 1) // 2][1] if finite else None
+    points = checkpoints(config.steps)
     attrs: dict[str, Any] = {
         "success_rate": successes / n,
         "diverged": diverged,
         "n_params": config.n_params(),
         "config": config.as_dict(),
+        "checkpoints": points,
         "seeds": {
             "seed": list(seeds),
-            "test_mse": mses,
-            "train_mse": [r.train_mse for r in results],
+            "test_mse": [short(m) for m in mses],
+            "train_mse": [short(r.train_mse) for r in results],
             "steps": [r.steps for r in results],
+            "evals": [r.evals for r in results],
+            "seconds": [short(r.seconds, 3) for r in results],
             "diverged_at": [r.diverged_at for r in results],
+            "test_at": [_test_at(r, points) for r in results],
         },
         "fit": {
             "hidden": config.hidden,
             "activation": config.activation,
             "shift": results[0].shift,
             "scale": results[0].scale,
-            "params": [list(r.params) if r.params is not None else None for r in results],
+            "params": [[short(v) for v in r.params] if r.params is not None else None for r in results],
             "median_seed": median_seed,
-            "curve": [list(p) for p in results[median_seed].curve] if median_seed is not None else [],
+            "curve": [[s, short(a), short(b)] for s, a, b in results[median_seed].curve] if median_seed is not None else [],
         },
         "run": run,
     }
@@ -104,6 +118,27 @@ def summarise(config: Config, seeds: Sequence[int], results: Sequence[Result], *
         attrs[FAIL_DETAIL] = f"all {n} seeds diverged"
         return TrialOutcome(None, attrs[FAIL_DETAIL], attrs)
     return TrialOutcome(statistics.median(mses), None, attrs)
+
+
+def short(x: float, digits: int = 8) -> float:
+    """A float to `digits` significant digits: float32 results carry no more, and JSON stays small."""
+    return float(f"{x:.{digits}g}") if math.isfinite(x) else x
+
+
+def _test_at(result: Result, points: Sequence[int]) -> list[float | None]:
+    """The model's test MSE at each checkpoint: None where it had diverged or not got to; a model
+    that stopped early (second order, converged) keeps its final value."""
+    seen = {step: test for step, _, test in result.curve}
+    last = result.curve[-1][0] if result.curve else -1
+    out: list[float | None] = []
+    for p in points:
+        if p in seen:
+            out.append(short(seen[p]))
+        elif p > last and not result.diverged and result.curve:
+            out.append(short(result.test_mse))
+        else:
+            out.append(None)
+    return out
 
 
 def reference_attrs(config: dict[str, Any], rows: Sequence[dict[str, Any]], *, threshold: float,
@@ -153,7 +188,7 @@ class Fit:
     scale: float
     params: list[list[float] | None]  # per seed, own layout; None where the seed diverged
     median_seed: int | None
-    curve: list[tuple[int, float]]  # the median seed's (step, training MSE)
+    curve: list[tuple[float, ...]]  # the median seed's (step, training MSE[, test MSE])
 
 
 @dataclass(frozen=True)
@@ -165,7 +200,10 @@ class Seeds:
     train_mse: list[float | None] = field(default_factory=list)
     steps: list[int | None] = field(default_factory=list)
     diverged_at: list[int | None] = field(default_factory=list)
-    extra: dict[str, list[Any]] = field(default_factory=dict)  # a reference's own columns (seconds, …)
+    evals: list[int | None] = field(default_factory=list)
+    seconds: list[float | None] = field(default_factory=list)
+    test_at: list[list[float | None]] = field(default_factory=list)  # per seed, at Record.checkpoints
+    extra: dict[str, list[Any]] = field(default_factory=dict)  # a reference's own columns (convergence, …)
 
 
 @dataclass(frozen=True)
@@ -186,6 +224,9 @@ class Record:
     fail_reason: str | None
     retry_of: int | None
     labels: dict[str, str]  # short text attributes a spec or tool added (e.g. a program's name)
+    checkpoints: list[int] = field(default_factory=list)
+    cell: dict[str, Any] = field(default_factory=dict)  # a designed study's cell (see CELL)
+    tuned_from: list[list[Any]] = field(default_factory=list)  # a confirmation's tuning trials (see TUNED_FROM)
 
     @property
     def bias(self) -> str | None:
@@ -193,8 +234,8 @@ class Record:
 
 
 _KNOWN = {"success_rate", "diverged", "n_params", "config", "seeds", "fit", "run", FAIL_REASON, FAIL_DETAIL,
-          RETRY_OF}
-_SEED_KEYS = ("seed", "test_mse", "train_mse", "steps", "diverged_at")
+          RETRY_OF, "checkpoints", CELL, TUNED_FROM}
+_SEED_KEYS = ("seed", "test_mse", "train_mse", "steps", "diverged_at", "evals", "seconds", "test_at")
 
 
 def read(trial: FrozenTrial) -> Record:
@@ -207,7 +248,7 @@ def read(trial: FrozenTrial) -> Record:
         fit = Fit(hidden=int(fit_raw["hidden"]), activation=str(fit_raw["activation"]),
                   shift=float(fit_raw.get("shift", 0.0)), scale=float(fit_raw.get("scale", 1.0)),
                   params=list(fit_raw["params"]), median_seed=fit_raw.get("median_seed"),
-                  curve=[(int(s), float(v)) for s, v in fit_raw.get("curve") or []])
+                  curve=[tuple(float(v) for v in point) for point in fit_raw.get("curve") or []])
     value = trial.values[0] if trial.values else None
     return Record(
         number=trial.number,
@@ -225,6 +266,9 @@ def read(trial: FrozenTrial) -> Record:
         fail_reason=ua.get(FAIL_REASON),
         retry_of=ua.get(RETRY_OF),
         labels={k: v for k, v in ua.items() if k not in _KNOWN and isinstance(v, str) and len(v) <= 80},
+        checkpoints=list(ua.get("checkpoints") or []),
+        cell=dict(ua.get(CELL) or {}),
+        tuned_from=list(ua.get(TUNED_FROM) or []),
     )
 
 

@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from . import rdb
+from .plan import FIXED_PARAMS, Queued
 from .record import FAIL_REASON, INTERRUPTED, RETRY_OF, is_done, superseded
-
-FIXED_PARAMS = "fixed_params"  # Optuna's system attribute of an enqueued trial
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,9 @@ class Counts:
     waiting: int
 
 
-def counts(study: optuna.Study) -> Counts:
+def counts(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> Counts:
     """The study's trials that count toward the budget, are running, and are queued."""
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     retried = superseded(trials)
     return Counts(done=sum(is_done(t, retried) for t in trials),
                   running=sum(t.state == TrialState.RUNNING for t in trials),
@@ -108,11 +107,14 @@ class Queueing:
     given_up: list[int]  # numbers of the last failed trial of each cell that ran out of attempts
 
 
-def ensure_queued(study: optuna.Study, cells: Sequence[dict[str, Any]], max_attempts: int) -> Queueing:
-    """Give each cell without a waiting, running or done trial a WAITING one (see module doc)."""
+def ensure_queued(study: optuna.Study, cells: Sequence[Queued], max_attempts: int,
+                  trials: Sequence[FrozenTrial] | None = None) -> Queueing:
+    """Give each cell without a waiting, running or done trial a WAITING one (see module doc).
+
+    `trials` are the study's trials when the caller has just read them."""
     if not cells:
         return Queueing(0, [])
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     retried = superseded(trials)
     covered: set[str] = set()
     attempts: Counter[str] = Counter()
@@ -129,15 +131,15 @@ def ensure_queued(study: optuna.Study, cells: Sequence[dict[str, Any]], max_atte
                 attempts[key] += 1
             last_failed[key] = max(last_failed.get(key, -1), t.number)
     queued, given_up = 0, []
-    for cell in cells:
-        key = _key(cell)
+    for item in cells:
+        key = _key(item.params)
         if key in covered:
             continue
         covered.add(key)  # a cell listed twice is queued once
         if attempts[key] >= max_attempts:
             given_up.append(last_failed[key])
             continue
-        user_attrs = {RETRY_OF: last_failed[key]} if key in last_failed else None
-        study.enqueue_trial(cell, user_attrs=user_attrs)
+        user_attrs = {**item.user_attrs, **({RETRY_OF: last_failed[key]} if key in last_failed else {})}
+        study.enqueue_trial(item.params, user_attrs=user_attrs or None)
         queued += 1
     return Queueing(queued, given_up)

@@ -33,7 +33,6 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from ..config import Config
 from ..engine import Job, Result, default_batch_size, fit, resolve_device
 from . import rdb
 from . import recovery as rec
@@ -41,9 +40,9 @@ from . import storage as st
 from .errors import mask, scrub
 from .heartbeat import Heartbeat
 from .locks import study_lock
-from .plan import StudyMismatch, budget_of, model_seed, open_study, queued_cells
+from .plan import Plan, StudyMismatch, Work, budget_of, model_seed, open_study
+from .progress import progress_bar
 from .record import INTERRUPTED, host, summarise, versions
-from .search import suggest
 from .signals import Signals
 from .spec import Spec
 
@@ -110,21 +109,21 @@ def fit_halving(jobs: list[Job], *, device: torch.device, batch_size: int, data_
 @dataclass
 class _Claim:
     trials: list[optuna.Trial]
-    configs: list[Config]
+    work: list[Work]
 
 
 class _Worker:
     """One runner's state across rounds: its trials in flight and the batch size that fits."""
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: Spec, *, name: str,
-                 budget: int, per_round: int, base_seed: int, device: torch.device, batch_size: int,
+                 budget: int, base_seed: int, device: torch.device, batch_size: int,
                  echo: Any, compile: bool = False) -> None:
-        self.study, self.spec, self.name, self.budget, self.per_round = study, spec, name, budget, per_round
+        self.study, self.spec, self.name, self.budget = study, spec, name, budget
         self.base_seed, self.device, self.batch_size, self.echo = base_seed, device, batch_size, echo
         self.compile = compile
         self.storage = storage  # the RDBStorage itself (the study holds a caching wrapper of it)
         self.in_flight: list[int] = []  # trial ids claimed and not yet told (the heartbeat reads it)
-        self.cells = queued_cells(spec)
+        self.plan = Plan(spec, base_seed)
         self.warned_given_up = False
         self.run_info = {"device": str(device), **versions(), "host": host(), "spec": spec.name,
                          "spec_hash": spec.space_hash(), "pid": os.getpid()}
@@ -136,9 +135,11 @@ class _Worker:
             if lost:
                 self.echo(f"trial(s) {', '.join(map(str, lost))} lost their worker (no heartbeat for "
                           f"{self.storage.grace_period} s): failed and re-queued")
-            counts = rec.counts(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            counts = rec.counts(self.study, trials)
             if counts.done < self.budget:
-                queueing = rec.ensure_queued(self.study, self.cells, max_attempts=1 + st.MAX_RETRY)
+                queueing = rec.ensure_queued(self.study, self.plan.queue(trials), max_attempts=1 + st.MAX_RETRY,
+                                             trials=trials)
                 if queueing.queued:
                     counts = rec.Counts(counts.done, counts.running, counts.waiting + queueing.queued)
                 if queueing.given_up and not self.warned_given_up:
@@ -146,39 +147,41 @@ class _Worker:
                     self.echo(f"warning: {len(queueing.given_up)} queued configuration(s) failed "
                               f"{1 + st.MAX_RETRY} times and are not retried (last tries: trial(s) "
                               f"{', '.join(map(str, queueing.given_up))})")
-            n = min(self.budget - counts.done - counts.running, self.per_round)
-            if self.spec.sampler == "grid":
+            n = self.budget - counts.done - counts.running
+            if self.plan.pops_only:
                 n = min(n, counts.waiting)
             if n <= 0:
                 return None, counts
-            trials = self._ask(n)
-            if not trials:
+            claimed = self._ask(n)
+            if not claimed:
                 return None, counts
             rdb.record_heartbeats(self.storage, self.in_flight)  # at once: a trial never beaten is never stale
             # Suggest under the lock too: the next worker's sampler then sees these parameters.
-            configs = [suggest(t, self.spec.space, self.spec.fixed) for t in trials]
-            return _Claim(trials, configs), counts
+            work = [self.plan.work(t, fixed) for t, fixed in claimed]
+            return _Claim([t for t, _ in claimed], work), counts
 
-    def _ask(self, n: int) -> list[optuna.Trial]:
-        trials = []
-        for _ in range(n):
-            if self.spec.sampler == "grid":
+    def _ask(self, n: int) -> list[tuple[optuna.Trial, dict[str, Any]]]:
+        """Up to n trials whose models fill one batch: popped from the queue, or asked of the sampler."""
+        claimed: list[tuple[optuna.Trial, dict[str, Any]]] = []
+        models = 0
+        while len(claimed) < n and models < self.batch_size:
+            if self.plan.pops_only:
                 # Pop only: study.ask() on an empty queue would create a trial outside the grid.
                 trial_id = rdb.pop_waiting(self.study)
                 if trial_id is None:
                     break
-                trial = rdb.trial_handle(self.study, trial_id)
+                trial, fixed = rdb.trial_handle(self.study, trial_id), rdb.fixed_params(self.study, trial_id)
             else:
-                trial = self.study.ask()
+                trial, fixed = self.study.ask(), {}
             self.in_flight.append(rdb.trial_id(trial))
-            trials.append(trial)
-        return trials
+            claimed.append((trial, fixed))
+            models += self.plan.models_of(fixed)
+        return claimed
 
     def train_and_tell(self, claim: _Claim, signals: Signals) -> tuple[int, int]:
         """Train the claimed trials, then write and tell them. Returns (models, trials told)."""
-        spec, trials, configs = self.spec, claim.trials, claim.configs
-        seeds = [[model_seed(self.base_seed, t.number, s) for s in range(spec.seeds)] for t in trials]
-        jobs = [Job(c, s) for c, ss in zip(configs, seeds) for s in ss]
+        spec, trials = self.spec, claim.trials
+        jobs = [Job(w.config, s) for w in claim.work for s in w.seeds]
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         t0 = time.perf_counter()
         with signals.interruptible():
@@ -188,8 +191,13 @@ class _Worker:
         wall = time.perf_counter() - t0
         run = {**self.run_info, "batch_size": self.batch_size, "started": started, "round_wall_s": wall,
                "round_trials": len(trials), "wall_time_s": wall / len(trials)}
-        outcomes = [summarise(config, seeds[i], results[i * spec.seeds:(i + 1) * spec.seeds],
-                              threshold=spec.success_threshold, run=run) for i, config in enumerate(configs)]
+        outcomes, start = [], 0
+        for w in claim.work:
+            outcome = summarise(w.config, w.seeds, results[start:start + len(w.seeds)],
+                                threshold=spec.success_threshold, run=run)
+            outcome.attrs.update(w.attrs)
+            outcomes.append(outcome)
+            start += len(w.seeds)
         written = set(rdb.write_user_attrs(self.study, [(rdb.trial_id(t), o.attrs) for t, o in zip(trials, outcomes)]))
         told = 0
         for trial, outcome in zip(trials, outcomes):
@@ -238,8 +246,7 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
             with study_lock(storage, name):
                 study = open_study(spec, storage, name, base_seed)
             budget = budget_of(spec, opts.trials)
-            worker = _Worker(study, storage, spec, name=name, budget=budget,
-                             per_round=max(1, batch_size // spec.seeds), base_seed=base_seed, device=device,
+            worker = _Worker(study, storage, spec, name=name, budget=budget, base_seed=base_seed, device=device,
                              batch_size=batch_size, echo=echo, compile=opts.compile)
             with Heartbeat(storage, storage.heartbeat_interval, worker.in_flight):
                 trials_run, models, wall = _work(worker, signals, opts.progress)
@@ -265,7 +272,7 @@ def _work(worker: _Worker, signals: Signals, progress: bool | None) -> tuple[int
     study, interval = worker.study, worker.storage.heartbeat_interval
     start = time.perf_counter()
     models = trials_run = 0
-    bar = _progress(progress, total=worker.budget, initial=min(rec.counts(study).done, worker.budget))
+    bar = progress_bar(progress, total=worker.budget, initial=min(rec.counts(study).done, worker.budget))
     try:
         while True:
             signals.check()
@@ -290,11 +297,3 @@ def _work(worker: _Worker, signals: Signals, progress: bool | None) -> tuple[int
         if bar is not None:
             bar.close()
     return trials_run, models, time.perf_counter() - start
-
-
-def _progress(enabled: bool | None, total: int, initial: int) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: tqdm shows the bar only on a terminal.
-    return tqdm(total=total, initial=initial, unit="trial", disable=None if enabled is None else not enabled,
-                dynamic_ncols=True)

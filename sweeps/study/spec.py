@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from ..config import CONFIG_KEYS, DEFAULT_STORAGE, DEFAULTS, KEYS, PRESETS, SUCCESS_THRESHOLD
+from . import design as designs
+from .design import Cell, Design
 from .search import Dimension
 from .validator import SpecError, Validator
 
-SAMPLERS = ("tpe", "random", "grid")
+SAMPLERS = ("tpe", "random", "grid", "design")
 # Config keys added after studies were made: left out of the space hash while at their defaults,
 # so that a study made before they existed keeps its identity.
 LATER_KEYS = ("abstol", "reltol", "bias_copies")
@@ -46,6 +48,7 @@ class Spec:
     space: dict[str, Dimension]
     fixed: dict[str, Any]
     enqueue: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+    design: Design | None = None
 
     def space_hash(self) -> str:
         """Identity of what the study means: space, fixed settings, seeds, data seed.
@@ -61,8 +64,14 @@ class Spec:
             "data_seed": self.data_seed,
             "success_threshold": self.success_threshold,
         }
+        if self.design is not None:
+            ident["design"] = self.design.identity()
         blob = json.dumps(ident, sort_keys=True, default=list).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+    def cells(self) -> list[Cell]:
+        """The cells of a designed study (empty for other samplers)."""
+        return self.design.cells(self.space, self.fixed) if self.design is not None else []
 
     def grid_cells(self) -> list[dict[str, Any]]:
         """Every combination of the searched values (grid specs), in a stable order."""
@@ -107,7 +116,7 @@ def load(name_or_path: str) -> Spec:
 def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
     """Validate an already-parsed TOML document, section by section."""
     v = Validator(path)
-    v.only(raw, "", {"study", "space", "fixed", "enqueue"})
+    v.only(raw, "", {"study", "space", "fixed", "enqueue", "design"})
     study = _study(v, v.table(raw, "study"), default_name)
     space = _space(v, v.table(raw, "space"))
     fixed = _fixed(v, v.table(raw, "fixed"), space)
@@ -116,7 +125,14 @@ def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
             if dim.choices is None and dim.grid is None:
                 v.fail(f"space.{key}", "a grid spec needs `choices` or a `grid` list for every dimension")
     enqueue = _enqueue(v, raw.get("enqueue", []), space, fixed)
-    return Spec(path=path, space=space, fixed=fixed, enqueue=enqueue, **study)
+    design = None
+    if study["sampler"] == "design":
+        design = designs.parse(v, v.table(raw, "design"), space, fixed)
+        if enqueue:
+            v.fail("enqueue", "a designed study lists its cells in [design]; use [[design.rows]]")
+    elif "design" in raw:
+        v.fail("design", 'only a spec with sampler = "design" has a [design] table')
+    return Spec(path=path, space=space, fixed=fixed, enqueue=enqueue, design=design, **study)
 
 
 def _study(v: Validator, study: dict[str, Any], default_name: str) -> dict[str, Any]:

@@ -27,10 +27,10 @@ class Validator:
                 name = f"{where}.{key}" if where else key
                 self.fail(name, f"unknown key; allowed: {', '.join(sorted(allowed))}")
 
-    def table(self, raw: dict[str, Any], key: str) -> dict[str, Any]:
+    def table(self, raw: dict[str, Any], key: str, where: str | None = None) -> dict[str, Any]:
         value = raw.get(key, {})
         if not isinstance(value, dict):
-            self.fail(key, "must be a table")
+            self.fail(where or key, "must be a table")
         return value
 
     def get(self, table: dict[str, Any], key: str, kind: type, default: Any) -> Any:

@@ -178,10 +178,13 @@ def test_fit_results_follow_the_engine_contract():
         assert 1 <= res.steps <= 200
         assert res.curve[0][0] == 0 and res.curve[-1][0] == res.steps
         assert res.curve[-1][1] == pytest.approx(res.train_mse, rel=1e-9)
-        steps = [s for s, _ in res.curve]
+        assert res.curve[-1][2] == pytest.approx(res.test_mse, rel=1e-9)  # test MSE at each point too
+        steps = [s for s, _, _ in res.curve]
         assert steps == sorted(set(steps))
+        assert res.evals >= res.steps if job.config.optimizer != "lm" else res.evals == res.steps + 1
+        assert res.seconds > 0
         if job.config.optimizer != "adam":  # second-order: the loss never goes up
-            values = [v for _, v in res.curve]  # (the start is evaluated another way: 1 ulp slack)
+            values = [v for _, v, _ in res.curve]  # (the start is evaluated another way: 1 ulp slack)
             assert all(b <= a * (1 + 1e-12) for a, b in zip(values, values[1:]))
 
 
