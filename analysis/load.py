@@ -10,6 +10,7 @@ whose seeds all diverged), seed counts for pooled success rates, and provenance.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from sweeps.study.record import is_done, read, read_spec, superseded
 DIVERGED = "diverged"
 NNET_CSV = "nnet_reference.csv"
 SEED_REPLAY = "seed-replay"
+ABLATION = "ablation"  # the question's ablation, read beside the designed study
 
 
 class ReportError(RuntimeError):
@@ -59,6 +61,11 @@ class StudyData:
     def finished(self) -> pd.DataFrame:
         """Trials that count: COMPLETE, and FAIL because every seed diverged (value +inf)."""
         return self.trials[self.trials["finished"]]
+
+    @property
+    def designed(self) -> bool:
+        """A designed study (cells tuned, then confirmed on fresh seeds): `sweeps.study.design`."""
+        return self.spec.get("sampler") == "design"
 
 
 def open_readonly(url: str) -> RDBStorage:
@@ -95,7 +102,7 @@ def load_study(storage: RDBStorage, url: str, name: str, names: list[str] | None
 
 _COLUMNS = ["number", "state", "finished", "fail_reason", "value", *CONFIG_KEYS, "n_seeds", "n_success",
             "n_diverged", "success_rate", "best_seed_mse", "n_params", "wall_time_s", "device", "torch",
-            "spec_hash", "started"]
+            "spec_hash", "started", "phase", "cell", "control", "ladder", "median_steps", "median_evals", "seconds_per_fit"]
 
 
 def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float, finished: bool) -> dict[str, Any]:
@@ -135,7 +142,19 @@ def _row(t: FrozenTrial, spec: dict[str, Any], threshold: float, finished: bool)
         "torch": rec.run.get("torch"),
         "spec_hash": rec.run.get("spec_hash"),
         "started": t.datetime_start,
+        # A designed study's trials: tuning or confirmation, the cell, its arm and ablation ladder.
+        "phase": t.params.get("phase"),
+        "cell": rec.cell.get("label"),
+        "control": bool(rec.cell.get("control", False)),
+        "ladder": rec.cell.get("ladder"),
+        "median_steps": _median([e for e in rec.seeds.steps if e is not None]),
+        "median_evals": _median([e for e in rec.seeds.evals if e is not None]),
+        "seconds_per_fit": _median([x for x in rec.seeds.seconds if x is not None]),
     }
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else math.nan
 
 
 def nnet_csv_path(url: str) -> Path:

@@ -99,7 +99,7 @@ def _anchor(title: str) -> str:
 
 def _html_table(table: Table) -> str:
     body = table.display.to_html(index=False, escape=True, border=0, na_rep="–")
-    return (f'<h3 id="{_anchor(table.title)}">{inline_html(table.title)}</h3>\n{body}\n'
+    return (f'<h3 id="table-{html.escape(table.name)}">{inline_html(table.title)}</h3>\n{body}\n'
             f'<p class="caption">{inline_html(table.caption)} '
             f'<a href="tables/{table.name}.csv">CSV</a></p>')
 
@@ -124,7 +124,8 @@ def to_html(doc: Document) -> str:
                 parts.append(_html_table(block.table))
             elif isinstance(block, FigureBlock):
                 f = block.figure
-                parts.append(f'<figure><img src="{html.escape(f.file)}" alt="{html.escape(f.title)}">'
+                fid = html.escape(f.file.rsplit("/", 1)[-1].rsplit(".", 1)[0])
+                parts.append(f'<figure id="figure-{fid}"><img src="{html.escape(f.file)}" alt="{html.escape(f.title)}">'
                              f"<figcaption><strong>{inline_html(f.title)}.</strong> {inline_html(f.caption)}"
                              f"</figcaption></figure>")
     parts.append("</body></html>\n")
@@ -143,6 +144,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def _md_links(text: str) -> str:
+    """Links to a figure's anchor point at its PNG in Markdown (no anchors there)."""
+    return re.sub(r"\(#figure-([A-Za-z0-9_-]+)\)", r"(figures/\1.png)", text)
+
+
 def to_markdown(doc: Document) -> str:
     """The document as Markdown, with the same content as the HTML."""
     parts = [f"# {doc.title}", "", f"_{doc.subtitle}_", ""]
@@ -150,9 +156,9 @@ def to_markdown(doc: Document) -> str:
         parts += [f"## {section.title}", ""]
         for block in section.blocks:
             if isinstance(block, Para):
-                parts += [block.text, ""]
+                parts += [_md_links(block.text), ""]
             elif isinstance(block, Bullets):
-                parts += [f"- {i}" for i in block.items] + [""]
+                parts += [f"- {_md_links(i)}" for i in block.items] + [""]
             elif isinstance(block, TableBlock):
                 t = block.table
                 parts += [f"### {t.title}", "", markdown_table(t.display), "",

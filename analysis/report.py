@@ -7,6 +7,8 @@ programs (a `seed-replay` study) and R's nnet reference CSV, are loaded once.
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -17,9 +19,9 @@ import optuna
 import pandas as pd
 
 from . import checks as chk
-from . import figures, fmt, importance, summary
+from . import design_report, figures, fmt, importance, summary
 from . import tables as tbl
-from .load import (SEED_REPLAY, ReportError, StudyData, load_nnet, load_study, mask, nnet_csv_path, open_readonly,
+from .load import (ABLATION, SEED_REPLAY, ReportError, StudyData, load_nnet, load_study, mask, nnet_csv_path, open_readonly,
                    study_names)
 from .render import Bullets, Document, FigureBlock, Para, Section, TableBlock, to_html, to_markdown
 
@@ -30,6 +32,7 @@ class Extras:
 
     replay: StudyData | None
     nnet: pd.DataFrame | str | None
+    ablation: StudyData | None = None  # the question's ablation, beside the designed study
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,19 @@ def _extras_sections(data: StudyData, extras: Extras) -> list[Section]:
     elif isinstance(extras.nnet, str):
         blocks.append(Para(f"R's nnet reference could not be read: {extras.nnet}"))
     return [Section("The question's programs and R's nnet", blocks)] if blocks else []
+
+
+def designed_document(data: StudyData, extras: Extras, out: Path) -> tuple[Document, list[tbl.Table], dict]:
+    """The report of a designed study ("The answer" first); also returns the answer for answer.json."""
+    ablation = extras.ablation if extras.ablation is not None and extras.ablation.name != data.name else None
+    body, tables, answer = design_report.sections(data, ablation, out)
+    extra_sections = _extras_sections(data, extras)
+    all_tables = tables + [t for s in extra_sections for t in (b.table for b in s.blocks if isinstance(b, TableBlock))]
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    subtitle = (f"Storage {mask(data.storage_url)}; {len(data.trials)} trials ({len(data.finished)} finished); "
+                f"built {now} with optuna {optuna.__version__}.")
+    title = f"Study {data.name}: why does nnet fit sin(x) with four units, and which detail matters?"
+    return Document(title, subtitle, body + extra_sections), all_tables, answer
 
 
 def document(data: StudyData, extras: Extras, out: Path) -> tuple[Document, list[tbl.Table]]:
@@ -116,7 +132,11 @@ def build_one(data: StudyData, extras: Extras, out_root: Path) -> Built:
         raise ReportError(f"study {data.name!r} is empty ({state}): nothing to report")
     out = out_root / slug(data.name)
     _prepare(out)
-    doc, tables = document(data, extras, out)
+    if data.designed:
+        doc, tables, answer = designed_document(data, extras, out)
+        (out / "answer.json").write_text(json.dumps(answer, indent=2, default=_json_default), encoding="utf-8")
+    else:
+        doc, tables = document(data, extras, out)
     for t in tables:
         t.data.to_csv(out / "tables" / f"{t.name}.csv", index=False)
     tbl.trials_csv(data).to_csv(out / "tables" / "trials.csv", index=False)
@@ -124,6 +144,15 @@ def build_one(data: StudyData, extras: Extras, out_root: Path) -> Built:
     (out / "report.md").write_text(to_markdown(doc), encoding="utf-8")
     best = float(data.finished["value"].min())
     return Built(data.name, out / "index.html", len(data.finished), best)
+
+
+def _json_default(value: object) -> object:
+    """JSON for numpy numbers and the like; NaN and inf become null."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return str(value)
+    return number if math.isfinite(number) else None
 
 
 def index_document(built: list[Built], skipped: dict[str, str], storage_url: str) -> Document:
@@ -145,15 +174,16 @@ def build(storage_url: str, out_root: Path, study: str | None = None) -> list[Pa
     if study is None and not names:
         raise ReportError(f"no studies in {mask(storage_url)}: run `make sweep` first")
     replay = load_study(storage, storage_url, SEED_REPLAY, names) if SEED_REPLAY in names else None
-    extras = Extras(replay, load_nnet(nnet_csv_path(storage_url)))
+    ablation = load_study(storage, storage_url, ABLATION, names) if ABLATION in names else None
+    extras = Extras(replay, load_nnet(nnet_csv_path(storage_url)), ablation)
     if study is not None:
-        data = replay if study == SEED_REPLAY and replay is not None else load_study(storage, storage_url, study, names)
+        data = {SEED_REPLAY: replay, ABLATION: ablation}.get(study) or load_study(storage, storage_url, study, names)
         built = build_one(data, extras, out_root)
         return [built.path]
     built_all: list[Built] = []
     skipped: dict[str, str] = {}
     for name in names:
-        data = replay if name == SEED_REPLAY and replay is not None else load_study(storage, storage_url, name, names)
+        data = {SEED_REPLAY: replay, ABLATION: ablation}.get(name) or load_study(storage, storage_url, name, names)
         try:
             built_all.append(build_one(data, extras, out_root))
         except ReportError as exc:

@@ -106,3 +106,80 @@ def write_spec(path: Path, template: str, **values: Any) -> Path:
         values.setdefault("hidden", HIDDEN)
     path.write_text(template.format(**values))
     return path
+
+
+# A designed study in miniature: 2 x 2 x 2 x 2 cells (sin as the control arm), lr tuned over 2 values.
+DESIGN = """
+[study]
+name = "d"
+sampler = "design"
+seeds = 2
+seed = 7
+[design]
+confirm_seeds = {confirm}
+crossed = ["bias", "activation", "optimizer", "hidden"]
+tuned = "lr"
+control = {{ activation = ["sin"] }}
+[fixed]
+data = "r50"
+steps = {steps}
+[space.bias]
+choices = {biases}
+[space.activation]
+choices = ["tanh", "sin"]
+[space.optimizer]
+choices = ["adam", "lm"]
+[space.hidden]
+choices = [2, 4]
+[space.lr]
+low = 1e-3
+high = 1e-1
+log = true
+grid = [1e-2, 1e-1]
+"""
+
+# An ablation in miniature: the question's program, two single changes, a path and a removal.
+ABLATION = """
+[study]
+name = "ablation"
+sampler = "design"
+seeds = 2
+seed = 7
+[design]
+confirm_seeds = 4
+tuned = "lr"
+[fixed]
+hidden = 4
+bias = "none"
+activation = "relu"
+optimizer = "sgd"
+lr = 1e-5
+data = "r50"
+init = "normal"
+steps = {steps}
+[space.lr]
+low = 1e-4
+high = 1e-2
+log = true
+grid = [1e-4, 1e-2]
+[[design.rows]]
+label = "the question's program"
+ladder = "start"
+[[design.rows]]
+label = "+ b1"
+ladder = "one change"
+set = {{ bias = "hidden" }}
+[[design.rows]]
+label = "adam (tuned lr)"
+ladder = "one change"
+tune = true
+set = {{ optimizer = "adam" }}
+[[design.rows]]
+label = "path 1: both biases, sigmoid, lm"
+ladder = "cumulative"
+set = {{ bias = "both", activation = "sigmoid", optimizer = "lm" }}
+[[design.rows]]
+label = "nnet's call without b1"
+ladder = "remove from nnet"
+set = {{ preset = "nnet", data = "r50", bias = "output", steps = {steps} }}
+"""

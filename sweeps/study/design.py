@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import CONFIG_KEYS, FIRST_ORDER, Config
+from ..config import CONFIG_KEYS, FIRST_ORDER, PRESETS, Config
 from .search import Dimension
 from .validator import Validator
 
@@ -232,8 +232,14 @@ def _row(v: Validator, i: int, raw: Any, tuned: str | None) -> Row:
     label = v.get(raw, f"{where}.label", str, "")
     if not label:
         v.fail(f"{where}.label", "every row needs a label naming what it changes")
-    changes = {}
-    for key, value in v.table(raw, "set", where=f"{where}.set").items():
+    changes: dict[str, Any] = {}
+    table = dict(v.table(raw, "set", where=f"{where}.set"))
+    if "preset" in table:  # a named recipe first (nnet's call), the row's own values over it
+        name = table.pop("preset")
+        if not isinstance(name, str) or name not in PRESETS:
+            v.fail(f"{where}.set.preset", f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+        changes.update(PRESETS[name])
+    for key, value in table.items():
         if key not in CONFIG_KEYS:
             v.fail(f"{where}.set.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
         changes[key] = v.value(f"{where}.set.{key}", key, value)

@@ -165,7 +165,8 @@ def study_attrs(spec: Spec) -> dict[str, Any]:
         SPEC: {"name": spec.name, "path": spec.path, "description": spec.description, "sampler": spec.sampler,
                "seeds": spec.seeds, "success_threshold": spec.success_threshold, "data_seed": spec.data_seed,
                "fixed": spec.fixed,
-               "space": {k: {kk: vv for kk, vv in vars(d).items() if vv is not None} for k, d in spec.space.items()}},
+               "space": {k: {kk: vv for kk, vv in vars(d).items() if vv is not None} for k, d in spec.space.items()},
+               **({"design": spec.design.identity()} if spec.design is not None else {})},
         SPACE_HASH: spec.space_hash(),
     }
 

@@ -119,7 +119,9 @@ def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
     v.only(raw, "", {"study", "space", "fixed", "enqueue", "design"})
     study = _study(v, v.table(raw, "study"), default_name)
     space = _space(v, v.table(raw, "space"))
-    fixed = _fixed(v, v.table(raw, "fixed"), space)
+    # A design's tuned key may also be fixed: the value of the rows and cells that do not tune it.
+    tuned = (raw.get("design") or {}).get("tuned") if study["sampler"] == "design" else None
+    fixed = _fixed(v, v.table(raw, "fixed"), {k: d for k, d in space.items() if k != tuned})
     if study["sampler"] == "grid":
         for key, dim in space.items():
             if dim.choices is None and dim.grid is None:
