@@ -32,15 +32,64 @@ log = true
 
 def test_bundled_specs_load():
     names = specs.bundled_specs()
-    assert {"default", "quick", "factorial"} <= set(names)
+    assert {"default", "ablation", "explore", "quick", "seed-replay"} <= set(names)
     for name in names:
         s = specs.load(name)
         assert s.name == name
+    explore = specs.load("explore")
+    assert set(explore.space) == {"hidden", "bias", "activation", "optimizer", "lr"}
+    assert explore.seeds == 8 and explore.sampler == "tpe" and explore.trials >= 200
+
+
+def test_the_default_is_the_designed_study_of_the_question():
+    from sweeps.study.design import trials_planned
+
     default = specs.load("default")
-    assert set(default.space) == {"hidden", "bias", "activation", "optimizer", "lr"}
-    assert default.seeds == 8 and default.sampler == "tpe" and default.trials >= 200
-    fac = specs.load("factorial")
-    assert fac.sampler == "grid" and len(fac.grid_cells()) == fac.trials
+    assert default.sampler == "design" and default.design.confirm_seeds >= 16
+    cells = default.cells()
+    crossed = {k: set(default.space[k].choices) for k in default.design.crossed}
+    assert crossed["bias"] == {"none", "hidden", "output", "both"}
+    assert crossed["optimizer"] == {"sgd", "momentum", "adam", "rmsprop", "bfgs", "lm"}
+    assert {1, 2, 3, 4, 6, 8, 16} <= crossed["hidden"]
+    assert {"relu", "tanh", "sigmoid", "gelu", "softplus"} <= crossed["activation"]
+    grid = default.space["lr"].grid
+    assert len(grid) >= 6 and min(grid) <= 1e-4 and max(grid) >= 1.0
+    assert len(cells) == 4 * 6 * 6 * 7 and all(c.control == (c.settings["activation"] == "sin") for c in cells)
+    second = [c for c in cells if c.settings["optimizer"] in ("bfgs", "lm")]
+    assert second and all(c.lrs == () for c in second)  # no learning rate to tune or to show
+    assert trials_planned(cells) == sum(len(c.lrs) for c in cells if c.tuned) + len(cells)
+    assert default.fixed["data"] == "r50" and default.fixed["loss"] == "sum" and default.fixed["steps"] >= 10000
+    ablation = specs.load("ablation")
+    rows = ablation.cells()
+    assert rows[0].ladder == "start" and rows[0].settings["activation"] == "relu" and rows[0].lrs == (1e-5,)
+    assert {"start", "one change", "cumulative", "remove from nnet"} == {c.ladder for c in rows}
+    assert all(len(c.label) > 3 for c in rows) and len({c.label for c in rows}) == len(rows)
+
+
+DESIGN_BAD = [
+    ("[design]\nbogus = 1\n", "design.bogus", "unknown key"),
+    ("[design]\ncrossed = [\"hidden\"]\n", "design.crossed", "with `choices`"),
+    ("[design]\n", "design", "either `crossed`"),
+    ("[design]\ncrossed = [\"bias\"]\ntuned = \"steps\"\n", "design.tuned", "must be one of"),
+    ("[design]\ncrossed = [\"bias\"]\ncontrol = { activation = [\"sin\"] }\n", "design.control.activation",
+     "crossed key"),
+    ("[[design.rows]]\nlabel = \"a\"\n[[design.rows]]\nlabel = \"a\"\n", "design.rows", "same label"),
+    ("[[design.rows]]\nlabel = \"a\"\ntune = true\n", "design.rows[0].tune", "needs `tuned`"),
+    ("[[design.rows]]\nlabel = \"a\"\nset = { widht = 3 }\n", "design.rows[0].set.widht", "unknown key"),
+    ("[[design.rows]]\nlabel = \"a\"\nset = { preset = \"r\" }\n", "design.rows[0].set.preset", "unknown preset"),
+    ("[[design.rows]]\nset = { bias = \"both\" }\n", "design.rows[0].label", "needs a label"),
+]
+
+
+@pytest.mark.parametrize("text, key, message", DESIGN_BAD)
+def test_bad_designs_are_one_line_errors_naming_the_key(tmp_path, text, key, message):
+    p = tmp_path / "d.toml"
+    space = "" if "design.rows" in text else '[space.bias]\nchoices = ["none", "both"]\n'
+    p.write_text('[study]\nsampler = "design"\n' + space + text)
+    with pytest.raises(specs.SpecError) as err:
+        specs.load(str(p))
+    line = str(err.value)
+    assert "\n" not in line and f"{p}: {key}: " in line and message in line
 
 
 def test_fixed_and_defaults_fill_every_key(tmp_path):
