@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 # Installed first and on its own: on a CPU machine this takes the CPU wheel; a GPU machine
 # overrides it (e.g. TORCH='torch==2.13.0 --index-url …') to bring its CUDA build.
 TORCH ?= torch==2.13.0
-SPEC ?= default
+# Empty: `make sweep` runs the question's designed study and its ablation (specs default, ablation).
+SPEC ?=
 TRIALS ?=
 STUDY ?=
 # Empty: each command uses $$SWEEPS_STORAGE if set (keeps a password off the command line),
@@ -32,17 +33,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project into it (torch first, from TORCH)
 
-sweep: install ## run (or continue) a sweep: make sweep [SPEC=default] [TRIALS=n] [STORAGE=url] [COMPILE=1]
-	$(PY) -m sweeps run $(SPEC) $(SWEEP_FLAGS)
+sweep: install ## the designed study + ablation (or SPEC=name), continuing: [TRIALS=n] [STORAGE=url]
+	$(if $(SPEC),$(PY) -m sweeps run $(SPEC) $(SWEEP_FLAGS),$(PY) -m sweeps run default $(SWEEP_FLAGS) && $(PY) -m sweeps run ablation $(SWEEP_FLAGS))
 
-worker: install ## join a study as one more worker: make worker SPEC=factorial STORAGE=postgresql://…
-	$(PY) -m sweeps worker $(SPEC) $(SWEEP_FLAGS)
+worker: install ## join a study as one more worker: make worker SPEC=default STORAGE=postgresql://…
+	$(PY) -m sweeps worker $(or $(SPEC),default) $(SWEEP_FLAGS)
 
 list: install ## the studies in STORAGE with counts and best values
 	$(PY) -m sweeps list $(STORAGE_FLAG)
 
 show: install ## a study's best trials: make show STUDY=default
-	$(PY) -m sweeps show $(or $(STUDY),$(SPEC)) $(STORAGE_FLAG)
+	$(PY) -m sweeps show $(or $(STUDY),$(SPEC),default) $(STORAGE_FLAG)
 
 dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (loopback only by default)
 	$(PY) -m sweeps dashboard $(STORAGE_FLAG) --host $(HOST) --port $(PORT)
@@ -50,7 +51,7 @@ dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (lo
 report: install ## tables, figures and an HTML/Markdown report: make report [STUDY=name]
 	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) $(STORAGE_FLAG)
 
-bench: install ## measured throughput, batched vs one at a time (QUICK=1: under a minute); writes bench.json
+bench: install ## engine, sweeps and second order against their references (QUICK=1: about a minute); writes bench.json
 	$(PY) -m sweeps.tools.bench $(if $(QUICK),--quick) --out bench.json
 
 nnet-reference: install ## R's own nnet on the same data and seeds (needs Rscript and r-cran-nnet)

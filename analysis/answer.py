@@ -11,14 +11,13 @@ detected, never as a finding.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from . import fmt
-from .cells import Cells, comparison, counts
+from .cells import Cells, comparison, counts, matched
 from .stats import wilson
 from .units import Estimate, bonferroni_z, one_cell, over_cells, paired
 
@@ -57,15 +56,6 @@ def _est(e: Estimate) -> str:
     return f"{e.percent()} ({e.unit}, {e.cells} cells)" if e.cells != 1 else f"{e.percent()}"
 
 
-def _pairs(frame: pd.DataFrame, key: str, a: str, b: str, match: list[str]) -> tuple[list, list, list, list]:
-    """Matched cells that differ only in `key` (a, then b): their fits and seeds."""
-    left = frame[frame[key] == a].set_index(match)
-    right = frame[frame[key] == b].set_index(match)
-    common = left.index.intersection(right.index)
-    return (left.loc[common, "fits"].tolist(), left.loc[common, "seeds"].tolist(),
-            right.loc[common, "fits"].tolist(), right.loc[common, "seeds"].tolist())
-
-
 def b1_sentence(cells: Cells) -> Sentence | None:
     """Whether the hidden bias b1 is needed, and why (the units' kinks and centres sit at x = 0)."""
     comp = comparison(cells.frame)
@@ -76,7 +66,7 @@ def b1_sentence(cells: Cells) -> Sentence | None:
     match = ["activation", "optimizer", "hidden"]
     ka, na, kb, nb = [], [], [], []
     for a, b in (("none", "hidden"), ("output", "both")):
-        p = _pairs(comp, "bias", a, b, match)
+        p = matched(comp, "bias", a, b, match)
         ka += p[0]; na += p[1]; kb += p[2]; nb += p[3]  # noqa: E702
     diff = paired(ka, na, kb, nb)
     any_without = int((comp[~has]["fits"] > 0).sum())
@@ -110,7 +100,7 @@ def b2_sentence(cells: Cells) -> Sentence | None:
     comp = comparison(cells.frame)
     if not {"hidden", "both"} <= set(comp["bias"]):
         return None
-    ka, na, kb, nb = _pairs(comp, "bias", "hidden", "both", ["activation", "optimizer", "hidden"])
+    ka, na, kb, nb = matched(comp, "bias", "hidden", "both", ["activation", "optimizer", "hidden"])
     diff = paired(ka, na, kb, nb)
     both = over_cells(*counts(comp[comp["bias"] == "both"]))
     only_b1 = over_cells(*counts(comp[comp["bias"] == "hidden"]))
@@ -193,7 +183,7 @@ def tanh_sigmoid_sentence(cells: Cells) -> Sentence | None:
     both = comp[comp["bias"] == "both"]
     if not {"tanh", "sigmoid"} <= set(both["activation"]):
         return None
-    ka, na, kb, nb = _pairs(both, "activation", "sigmoid", "tanh", ["optimizer", "hidden"])
+    ka, na, kb, nb = matched(both, "activation", "sigmoid", "tanh", ["optimizer", "hidden"])
     diff = paired(ka, na, kb, nb)
     identity = ("tanh(z) = 2·sigmoid(2z) − 1, so with both biases every tanh net equals a sigmoid net (weights "
                 "doubled, b2 shifted) and the two represent the same functions: any gap between them is "
@@ -301,8 +291,3 @@ def answer(cells: Cells, ablation: Cells | None) -> list[Sentence]:
               lambda: ablation_sentence(ablation), lambda: control_sentence(cells), lambda: coverage_sentence(cells)]
     out = [s for s in (m() for m in makers) if s is not None]
     return out[:8]
-
-
-def finite(x: float) -> float | None:
-    """A number for JSON (None for NaN/inf)."""
-    return x if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -110,3 +110,12 @@ def comparison(cells: pd.DataFrame) -> pd.DataFrame:
 def counts(frame: pd.DataFrame, column: str = "fits") -> tuple[np.ndarray, np.ndarray]:
     """(fits, seeds) arrays of a frame of cells, for `units.over_cells`."""
     return frame[column].to_numpy(dtype=float), frame["seeds"].to_numpy(dtype=float)
+
+
+def matched(frame: pd.DataFrame, key: str, a: str, b: str, match: list[str]) -> tuple[list, list, list, list]:
+    """Matched cells that differ only in `key` (a, then b): their fits and seeds."""
+    left = frame[frame[key] == a].set_index(match)
+    right = frame[frame[key] == b].set_index(match)
+    common = left.index.intersection(right.index)
+    return (left.loc[common, "fits"].tolist(), left.loc[common, "seeds"].tolist(),
+            right.loc[common, "fits"].tolist(), right.loc[common, "seeds"].tolist())

@@ -25,7 +25,10 @@ FAST_BEATS = {st.ENV_HEARTBEAT: "1", st.ENV_GRACE: "3"}
 def env(**extra: str) -> dict[str, str]:
     """The environment of a worker process: one torch thread (4 workers share 2 cores)."""
     out = dict(os.environ)
-    out.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **FAST_BEATS})
+    # The torch engine: these tests kill and interrupt workers mid-round, so a round must take a while;
+    # the native kernels finish these tiny rounds in milliseconds.
+    out.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SWEEPS_ENGINE": "torch",
+                **FAST_BEATS})
     out.update(extra)
     return out
 
@@ -47,7 +50,7 @@ def run_cli(spec: Path, url: str, *args: str, command: str = "run", timeout: flo
 
 
 def trials(url: str, name: str) -> list[FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=st.open_storage(url, create=False)).get_trials(deepcopy=True)
+    return optuna.load_study(study_name=name, storage=st.open_readonly(url)).get_trials(deepcopy=True)
 
 
 def wait_for(url: str, name: str, proc: subprocess.Popen, *, complete: int, running: int = 1,
@@ -72,7 +75,7 @@ def _study_exists(url: str, name: str) -> bool:
     if path is not None and not path.exists():
         return False
     try:
-        return name in [s.study_name for s in st.open_storage(url, create=False).get_all_studies()]
+        return name in [s.study_name for s in st.open_readonly(url).get_all_studies()]
     except StorageError:
         return False
 

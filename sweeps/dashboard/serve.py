@@ -70,12 +70,13 @@ def serve(storage_url: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     run_server(storage, host=host, port=port, artifact_store=FileSystemArtifactStore(folder))
 
 
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+def add_cli(subparsers: Any, parents: list[argparse.ArgumentParser] | None = None) -> argparse.ArgumentParser:
     """Add the `dashboard` subcommand to the CLI's subparsers; `main` dispatches it to `run_cli`."""
     d = subparsers.add_parser(
         "dashboard", help="optuna-dashboard for a storage (127.0.0.1 only unless --host)",
         description="Serve optuna-dashboard for a storage. It has no authentication: keep it on loopback. "
-                    f"Give a password-protected URL in ${ENV_STORAGE} or use ~/.pgpass, not on the command line.")
+                    f"Give a password-protected URL in ${ENV_STORAGE} or use ~/.pgpass, not on the command line.",
+        parents=parents or [])
     d.add_argument("--storage", help=f"storage URL (default: ${ENV_STORAGE}, else {DEFAULT_STORAGE})")
     d.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}; anything "
                                                         "else exposes an unauthenticated dashboard)")

@@ -217,7 +217,8 @@ def parse(v: Validator, raw: dict[str, Any], space: dict[str, Dimension], fixed:
             if value not in space[key].choices:
                 v.fail(f"design.control.{key}", f"{value!r} is not one of its choices")
         control[key] = tuple(values)
-    rows = tuple(_row(v, i, r, tuned) for i, r in enumerate(rows_raw)) if rows_raw else ()
+    rows = tuple(r for r in (v.attempt(lambda i=i, r=r: _row(v, i, r, tuned), None) for i, r in enumerate(rows_raw))
+                 if r is not None) if rows_raw else ()
     labels = [r.label for r in rows]
     if len(set(labels)) != len(labels):
         v.fail("design.rows", "two rows have the same label")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +22,17 @@ class StorageError(RuntimeError):
 
 
 def mask(url: str) -> str:
-    """The URL with any password replaced by ***."""
+    """The URL with any password replaced by ***, even when the URL does not parse."""
     try:
         return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL at all: nothing to hide beyond the text itself
-        return url
+    except Exception:  # not a URL: hide whatever stands between `user:` and the last `@`
+        return redact(url)
+
+
+def redact(text: str) -> str:
+    """Text that may hold a URL with everything between `scheme://user:` and the last `@` hidden
+    (a password with unencoded `:@/#` must not show in part either)."""
+    return re.sub(r"(://[^:/@\s]*:).*@", r"\1***@", text)
 
 
 def scrub(text: str, url: str) -> str:
@@ -34,7 +41,7 @@ def scrub(text: str, url: str) -> str:
         password = sqlalchemy.engine.make_url(url).password
         if password:
             text = text.replace(str(password), "***")
-    return text
+    return redact(text)
 
 
 def sqlite_path(url: str) -> Path | None:

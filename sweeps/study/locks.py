@@ -82,24 +82,44 @@ def _waits() -> Iterator[float]:
 
 
 @contextlib.contextmanager
+def reader_lock(db: Path) -> Iterator[None]:
+    """Held while a reader opens a SQLite database: waits (shared) while a writer holds the lock,
+    e.g. while it creates the schema. No lock file (no writer ever ran here), no wait; a lock file
+    that cannot be opened (another user's, a read-only file system) is read without it."""
+    path = _lock_path(db)
+    try:
+        fh: IO[bytes] = path.open("rb")
+    except OSError:
+        yield
+        return
+    with fh, _flocked(fh, path, fcntl.LOCK_SH):
+        yield
+
+
+@contextlib.contextmanager
+def _flocked(fh: IO[bytes], path: Path, mode: int) -> Iterator[None]:
+    for pause in _waits():  # polled, not blocking: a signal can still end the wait
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            time.sleep(pause)
+    else:
+        raise StorageError(f"another worker held {path} for over {LOCK_TIMEOUT_S} s")
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     try:
         fh: IO[bytes] = path.open("a+b")
     except OSError as exc:
         raise StorageError(f"cannot open the lock file {path}: {exc.strerror}") from None
-    with fh:
-        for pause in _waits():  # polled, not blocking: a signal can still end the wait
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                time.sleep(pause)
-        else:
-            raise StorageError(f"another worker held {path} for over {LOCK_TIMEOUT_S} s")
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with fh, _flocked(fh, path, fcntl.LOCK_EX):
+        yield
 
 
 @contextlib.contextmanager

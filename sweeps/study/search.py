@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..config import KEYS, Config
+from .validator import Validator
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,40 @@ def suggest(trial: TrialLike, dims: dict[str, Dimension], fixed: dict[str, Any])
         else:
             values[name] = trial.suggest_float(name, float(dim.low), float(dim.high), log=dim.log)
     return Config(**values)
+
+
+def parse_dimension(v: Validator, key: str, raw: dict[str, Any]) -> Dimension:
+    """A `[space.KEY]` table as a Dimension: `choices`, or `low`/`high` (`log`, a `grid`)."""
+    where = f"space.{key}"
+    spec = KEYS[key]
+    v.only(raw, where, {"choices", "low", "high", "log", "grid"})
+    if "choices" in raw:
+        if set(raw) - {"choices"}:
+            v.fail(where, "give either `choices` or `low`/`high`, not both")
+        choices = raw["choices"]
+        if not isinstance(choices, list) or not choices:
+            v.fail(f"{where}.choices", "must be a non-empty list")
+        values = tuple(v.value(f"{where}.choices", key, c) for c in choices)
+        if len(set(values)) != len(values):
+            v.fail(f"{where}.choices", "has duplicate values")
+        return Dimension(key, choices=values)
+    if spec.choices is not None:
+        v.fail(where, f"is categorical: give `choices` from {', '.join(map(str, spec.choices))}")
+    if "low" not in raw or "high" not in raw:
+        v.fail(where, "needs `choices`, or both `low` and `high`")
+    low = v.value(f"{where}.low", key, raw["low"])
+    high = v.value(f"{where}.high", key, raw["high"])
+    log = v.get(raw, f"{where}.log", bool, False)
+    if low > high:
+        v.fail(where, f"low ({low}) is greater than high ({high})")
+    if log and low <= 0:
+        v.fail(f"{where}.low", f"a log range must stay above 0, got {low}")
+    grid = None
+    if "grid" in raw:
+        if not isinstance(raw["grid"], list) or not raw["grid"]:
+            v.fail(f"{where}.grid", "must be a non-empty list")
+        grid = tuple(v.value(f"{where}.grid", key, g) for g in raw["grid"])
+        for g in grid:
+            if not low <= g <= high:
+                v.fail(f"{where}.grid", f"value {g} is outside [{low}, {high}]")
+    return Dimension(key, low=low, high=high, log=log, grid=grid)

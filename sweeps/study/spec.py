@@ -13,19 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI (pyproject.toml installs it there)
+    import tomli as tomllib  # type: ignore[no-redef]
+
 from ..config import CONFIG_KEYS, DEFAULT_STORAGE, DEFAULTS, KEYS, PRESETS, SUCCESS_THRESHOLD
 from . import design as designs
 from .design import Cell, Design
-from .search import Dimension
+from .search import Dimension, parse_dimension
 from .validator import SpecError, Validator
 
 SAMPLERS = ("tpe", "random", "grid", "design")
+STUDY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 # Config keys added after studies were made: left out of the space hash while at their defaults,
 # so that a study made before they existed keeps its identity.
 LATER_KEYS = ("abstol", "reltol", "bias_copies")
@@ -101,8 +108,8 @@ def resolve(name_or_path: str) -> Path:
     raise SpecError(f"unknown spec {name_or_path!r}: choose one of {', '.join(sorted(specs))} or give a path to a .toml file")
 
 
-def load(name_or_path: str) -> Spec:
-    """Load and validate a spec; raises SpecError with a one-line message."""
+def load(name_or_path: str, overrides: Sequence[str] = ()) -> Spec:
+    """Load and validate a spec (with `--set KEY=VALUE` overrides); SpecError with one line."""
     path = resolve(name_or_path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -110,67 +117,110 @@ def load(name_or_path: str) -> Spec:
         raise SpecError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read: {exc}") from None
-    return parse(raw, path=str(path), default_name=path.stem)
+    return parse(override(raw, overrides), path=str(path), default_name=path.stem)
+
+
+def override(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """The spec with `KEY=VALUE` settings applied: `study.KEY` / `design.KEY` set that table's key;
+    a config key is fixed to the value (and searched no more). VALUE is read as TOML (`500`,
+    `1e-3`, `true`, `"relu"`, `[1, 2]`), else taken as text."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set steps=500")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        section, dot, name = key.partition(".")
+        if dot and section in ("study", "design"):
+            out.setdefault(section, {})[name] = value
+        elif key in CONFIG_KEYS:
+            out.setdefault("fixed", {})[key] = value
+            if isinstance(out.get("space"), dict):
+                out["space"].pop(key, None)
+        else:
+            raise SpecError(f"--set {item!r}: unknown key {key!r}; use a config key ({', '.join(CONFIG_KEYS)}), "
+                            f"study.KEY or design.KEY")
+    return out
 
 
 def parse(raw: dict[str, Any], *, path: str, default_name: str) -> Spec:
     """Validate an already-parsed TOML document, section by section."""
     v = Validator(path)
     v.only(raw, "", {"study", "space", "fixed", "enqueue", "design"})
-    study = _study(v, v.table(raw, "study"), default_name)
-    space = _space(v, v.table(raw, "space"))
+    study = _study(v, v.attempt(lambda: v.table(raw, "study"), {}), default_name)
+    space = _space(v, v.attempt(lambda: v.table(raw, "space"), {}))
     # A design's tuned key may also be fixed: the value of the rows and cells that do not tune it.
-    tuned = (raw.get("design") or {}).get("tuned") if study["sampler"] == "design" else None
-    fixed = _fixed(v, v.table(raw, "fixed"), {k: d for k, d in space.items() if k != tuned})
+    design_raw = raw.get("design") if isinstance(raw.get("design"), dict) else {}
+    tuned = design_raw.get("tuned") if study["sampler"] == "design" else None
+    fixed = _fixed(v, v.attempt(lambda: v.table(raw, "fixed"), {}), {k: d for k, d in space.items() if k != tuned})
     if study["sampler"] == "grid":
         for key, dim in space.items():
             if dim.choices is None and dim.grid is None:
-                v.fail(f"space.{key}", "a grid spec needs `choices` or a `grid` list for every dimension")
+                v.attempt(lambda: v.fail(f"space.{key}", "a grid spec needs `choices` or a `grid` list for every "
+                                                        "dimension"), None)
     enqueue = _enqueue(v, raw.get("enqueue", []), space, fixed)
     design = None
     if study["sampler"] == "design":
-        design = designs.parse(v, v.table(raw, "design"), space, fixed)
+        design = v.attempt(lambda: designs.parse(v, v.table(raw, "design"), space, fixed), None)
         if enqueue:
-            v.fail("enqueue", "a designed study lists its cells in [design]; use [[design.rows]]")
+            v.attempt(lambda: v.fail("enqueue", "a designed study lists its cells in [design]; use [[design.rows]]"),
+                      None)
     elif "design" in raw:
-        v.fail("design", 'only a spec with sampler = "design" has a [design] table')
+        v.attempt(lambda: v.fail("design", 'only a spec with sampler = "design" has a [design] table'), None)
+    v.done()
     return Spec(path=path, space=space, fixed=fixed, enqueue=enqueue, design=design, **study)
 
 
 def _study(v: Validator, study: dict[str, Any], default_name: str) -> dict[str, Any]:
-    """The [study] table: name, sampler, budgets, seeds, threshold, storage."""
+    """The [study] table: name, sampler, budgets, seeds, threshold, storage (each key on its own)."""
     v.only(study, "study", {"name", "description", "sampler", "trials", "seeds", "seed", "data_seed",
                             "success_threshold", "storage"})
-    name = v.get(study, "study.name", str, default_name)
-    if not name or any(c.isspace() for c in name):
-        v.fail("study.name", f"must be a non-empty name without spaces, got {name!r}")
-    sampler = v.get(study, "study.sampler", str, "tpe")
-    if sampler not in SAMPLERS:
-        v.fail("study.sampler", f"must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-    trials = v.get(study, "study.trials", int, 100)
-    seeds = v.get(study, "study.seeds", int, 8)
-    if trials < 1:
-        v.fail("study.trials", f"must be at least 1, got {trials}")
-    if not 1 <= seeds <= 1024:
-        v.fail("study.seeds", f"must be between 1 and 1024, got {seeds}")
-    threshold = v.get(study, "study.success_threshold", float, SUCCESS_THRESHOLD)
-    if not (threshold > 0 and math.isfinite(threshold)):
-        v.fail("study.success_threshold", f"must be a positive number, got {threshold}")
-    return {"name": name, "description": v.get(study, "study.description", str, ""), "sampler": sampler,
-            "trials": trials, "seeds": seeds, "seed": v.get(study, "study.seed", int, 0),
-            "data_seed": v.get(study, "study.data_seed", int, 0), "success_threshold": threshold,
-            "storage": v.get(study, "study.storage", str, DEFAULT_STORAGE)}
+
+    def key(name: str, kind: type, default: Any, ok: Any = None, why: str = "") -> Any:
+        def unit() -> Any:
+            value = v.get(study, f"study.{name}", kind, default)
+            if ok is not None and not ok(value):
+                v.fail(f"study.{name}", f"{why}, got {value!r}")
+            return value
+        return v.attempt(unit, default)
+
+    return {
+        "name": key("name", str, default_name, check_name, "must be a non-empty name of letters, digits, ._-"),
+        "description": key("description", str, ""),
+        "sampler": key("sampler", str, "tpe", lambda s: s in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
+        "trials": key("trials", int, 100, lambda n: n >= 1, "must be at least 1"),
+        "seeds": key("seeds", int, 8, lambda n: 1 <= n <= 1024, "must be between 1 and 1024"),
+        "seed": key("seed", int, 0),
+        "data_seed": key("data_seed", int, 0),
+        "success_threshold": key("success_threshold", float, SUCCESS_THRESHOLD, lambda t: t > 0 and math.isfinite(t),
+                                 "must be a positive number"),
+        "storage": key("storage", str, DEFAULT_STORAGE),
+    }
+
+
+def check_name(name: str) -> bool:
+    """The one rule for study names (specs and --study alike): 1-100 letters, digits, `.`, `_`, `-`,
+    not starting with `.` or `-` (a name becomes a report folder and appears in URLs)."""
+    return bool(STUDY_NAME.fullmatch(name))
 
 
 def _space(v: Validator, space_raw: dict[str, Any]) -> dict[str, Dimension]:
     """The [space.KEY] tables: each searched key's choices or range."""
     space: dict[str, Dimension] = {}
     for key, dim_raw in space_raw.items():
-        if key not in KEYS:
-            v.fail(f"space.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
-        if not isinstance(dim_raw, dict):
-            v.fail(f"space.{key}", "must be a table with `choices` or `low`/`high`")
-        space[key] = _dimension(v, key, dim_raw)
+        def unit(key: str = key, dim_raw: Any = dim_raw) -> Dimension:
+            if key not in KEYS:
+                v.fail(f"space.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
+            if not isinstance(dim_raw, dict):
+                v.fail(f"space.{key}", "must be a table with `choices` or `low`/`high`")
+            return parse_dimension(v, key, dim_raw)
+        dim = v.attempt(unit, None)
+        if dim is not None:
+            space[key] = dim
     return space
 
 
@@ -180,15 +230,18 @@ def _fixed(v: Validator, fixed_raw: dict[str, Any], space: dict[str, Dimension])
     fixed_raw = dict(fixed_raw)
     if "preset" in fixed_raw:
         # The preset's settings, except for keys the spec searches or fixes itself.
-        for key, value in _preset(v, "fixed.preset", fixed_raw.pop("preset")).items():
+        preset = fixed_raw.pop("preset")
+        for key, value in v.attempt(lambda: _preset(v, "fixed.preset", preset), {}).items():
             if key not in space and key not in fixed_raw:
                 fixed[key] = value
     for key, value in fixed_raw.items():
-        if key not in KEYS:
-            v.fail(f"fixed.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
-        if key in space:
-            v.fail(f"fixed.{key}", "is also in [space]; a key is either searched or fixed")
-        fixed[key] = v.value(f"fixed.{key}", key, value)
+        def unit(key: str = key, value: Any = value) -> None:
+            if key not in KEYS:
+                v.fail(f"fixed.{key}", f"unknown key; known keys: {', '.join(CONFIG_KEYS)}")
+            if key in space:
+                v.fail(f"fixed.{key}", "is also in [space]; a key is either searched or fixed")
+            fixed[key] = v.value(f"fixed.{key}", key, value)
+        v.attempt(unit, None)
     for key in CONFIG_KEYS:
         if key not in space and key not in fixed:
             fixed[key] = DEFAULTS[key]
@@ -199,76 +252,44 @@ def _enqueue(v: Validator, enqueue_raw: Any, space: dict[str, Dimension],
              fixed: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     """The [[enqueue]] entries: configurations always run, each setting every searched key."""
     if not isinstance(enqueue_raw, list):
-        v.fail("enqueue", "must be an array of tables ([[enqueue]])")
-    enqueue = []
-    for i, item in enumerate(enqueue_raw):
-        where = f"enqueue[{i}]"
-        if not isinstance(item, dict):
-            v.fail(where, "must be a table")
-        params = {}
-        item = dict(item)
-        if "preset" in item:
-            for key, value in _preset(v, f"{where}.preset", item.pop("preset")).items():
-                if key in item:
-                    continue  # the entry's own value wins
-                if key in space:
-                    if not space[key].contains(value):
-                        v.fail(f"{where}.preset", f"sets {key} = {value!r}, outside [space.{key}]; add it to the choices")
-                    params[key] = value
-                elif fixed[key] != value:
-                    v.fail(f"{where}.preset", f"sets {key} = {value!r} but the spec fixes it to {fixed[key]!r}; "
-                                              f"search {key} with both values, or fix it to {value!r}")
-        for key, value in item.items():
-            if key not in space:
-                v.fail(f"{where}.{key}", "is not a searched key; enqueued trials set values of [space] keys only")
-            value = v.value(f"{where}.{key}", key, value)
-            if not space[key].contains(value):
-                v.fail(f"{where}.{key}", f"value {value!r} is outside the dimension")
-            params[key] = value
-        missing = sorted(set(space) - set(params))
-        if missing:
-            v.fail(where, f"must set every searched key; missing {', '.join(missing)}")
-        enqueue.append(params)
-    return tuple(enqueue)
+        return v.attempt(lambda: v.fail("enqueue", "must be an array of tables ([[enqueue]])"), ())
+    entries = [v.attempt(lambda i=i, item=item: _entry(v, i, item, space, fixed), None)
+               for i, item in enumerate(enqueue_raw)]
+    return tuple(e for e in entries if e is not None)
+
+
+def _entry(v: Validator, i: int, item: Any, space: dict[str, Dimension], fixed: dict[str, Any]) -> dict[str, Any]:
+    """One [[enqueue]] entry: values of searched keys only (a preset's, then its own)."""
+    where = f"enqueue[{i}]"
+    if not isinstance(item, dict):
+        v.fail(where, "must be a table")
+    params = {}
+    item = dict(item)
+    if "preset" in item:
+        for key, value in _preset(v, f"{where}.preset", item.pop("preset")).items():
+            if key in item:
+                continue  # the entry's own value wins
+            if key in space:
+                if not space[key].contains(value):
+                    v.fail(f"{where}.preset", f"sets {key} = {value!r}, outside [space.{key}]; add it to the choices")
+                params[key] = value
+            elif fixed.get(key) != value:
+                v.fail(f"{where}.preset", f"sets {key} = {value!r} but the spec fixes it to {fixed.get(key)!r}; "
+                                          f"search {key} with both values, or fix it to {value!r}")
+    for key, value in item.items():
+        if key not in space:
+            v.fail(f"{where}.{key}", "is not a searched key; enqueued trials set values of [space] keys only")
+        value = v.value(f"{where}.{key}", key, value)
+        if not space[key].contains(value):
+            v.fail(f"{where}.{key}", f"value {value!r} is outside the dimension")
+        params[key] = value
+    missing = sorted(set(space) - set(params))
+    if missing:
+        v.fail(where, f"must set every searched key; missing {', '.join(missing)}")
+    return params
 
 
 def _preset(v: Validator, where: str, name: Any) -> dict[str, Any]:
     if not isinstance(name, str) or name not in PRESETS:
         v.fail(where, f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
     return PRESETS[name]
-
-
-def _dimension(v: Validator, key: str, raw: dict[str, Any]) -> Dimension:
-    where = f"space.{key}"
-    spec = KEYS[key]
-    v.only(raw, where, {"choices", "low", "high", "log", "grid"})
-    if "choices" in raw:
-        if set(raw) - {"choices"}:
-            v.fail(where, "give either `choices` or `low`/`high`, not both")
-        choices = raw["choices"]
-        if not isinstance(choices, list) or not choices:
-            v.fail(f"{where}.choices", "must be a non-empty list")
-        values = tuple(v.value(f"{where}.choices", key, c) for c in choices)
-        if len(set(values)) != len(values):
-            v.fail(f"{where}.choices", "has duplicate values")
-        return Dimension(key, choices=values)
-    if spec.choices is not None:
-        v.fail(where, f"is categorical: give `choices` from {', '.join(map(str, spec.choices))}")
-    if "low" not in raw or "high" not in raw:
-        v.fail(where, "needs `choices`, or both `low` and `high`")
-    low = v.value(f"{where}.low", key, raw["low"])
-    high = v.value(f"{where}.high", key, raw["high"])
-    log = v.get(raw, f"{where}.log", bool, False)
-    if low > high:
-        v.fail(where, f"low ({low}) is greater than high ({high})")
-    if log and low <= 0:
-        v.fail(f"{where}.low", f"a log range must stay above 0, got {low}")
-    grid = None
-    if "grid" in raw:
-        if not isinstance(raw["grid"], list) or not raw["grid"]:
-            v.fail(f"{where}.grid", "must be a non-empty list")
-        grid = tuple(v.value(f"{where}.grid", key, g) for g in raw["grid"])
-        for g in grid:
-            if not low <= g <= high:
-                v.fail(f"{where}.grid", f"value {g} is outside [{low}, {high}]")
-    return Dimension(key, low=low, high=high, log=log, grid=grid)

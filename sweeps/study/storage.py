@@ -36,7 +36,7 @@ from optuna.trial import FrozenTrial
 
 from ..config import DEFAULT_STORAGE, ENV_STORAGE
 from .errors import StorageError, first_line, mask, root_cause, scrub, sqlite_path
-from .locks import init_lock
+from .locks import init_lock, reader_lock
 from .record import RETRY_OF
 
 SQLITE_TIMEOUT_S = 60
@@ -130,32 +130,36 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     analysis): a missing file is an error, and transactions stay SQLite's ordinary ones, so that
     reading never holds up a worker and a read-only file stays readable.
     """
-    try:
-        parsed = driver_url(sqlalchemy.engine.make_url(url))
-    except Exception:
-        raise StorageError(f"not a storage URL: {url!r} (try {DEFAULT_STORAGE})") from None
+    parsed = parse_url(url)
     interval, grace = heartbeat_settings()
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {}
     path = sqlite_path(url)
     if backend == "sqlite":
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
-        if path is not None:
-            if not path.exists():
-                if not create:
-                    raise StorageError(f"no such database: {path}")
+        if path is None:
+            raise StorageError(f"{mask(url)} is an in-memory database: it keeps nothing between processes or "
+                               f"threads; give a file, e.g. {DEFAULT_STORAGE}")
+        if not path.exists():
+            if not create:
+                raise StorageError(f"no such database: {path}")
+            try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            elif not _is_sqlite_file(path):
-                raise StorageError(f"{path} is not a SQLite database; give another --storage or move the file away")
+            except OSError as exc:
+                raise StorageError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
+        else:
+            _check_ours(path, create)
     else:
         engine_kwargs["pool_pre_ping"] = True
         if backend == "postgresql":
             engine_kwargs["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "sweeps"}
     full_url = parsed.render_as_string(hide_password=False)
     try:
-        # Concurrent first opens would race to create the schema: one at a time. Readers
-        # (create=False) open an existing database and need no lock (nor a writable directory).
-        with init_lock(full_url, path, engine_kwargs) if create else contextlib.nullcontext():
+        # Concurrent first opens would race to create the schema: one at a time. Read-only readers
+        # (`open_readonly`: list, show, report) wait for a schema being created and never write.
+        with init_lock(full_url, path, engine_kwargs):
+            if backend == "postgresql":
+                _check_pg_ours(full_url, engine_kwargs, url, create)
             storage = RDBStorage(
                 full_url,
                 engine_kwargs=engine_kwargs,
@@ -184,8 +188,19 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
     return storage
 
 
-def _is_sqlite_file(path: Path) -> bool:
-    """Whether SQLite can read `path` as a database (an empty file is a new one).
+def parse_url(url: str) -> sqlalchemy.engine.URL:
+    """The URL parsed, with the project's PostgreSQL driver; StorageError (password hidden) if it is none."""
+    try:
+        return driver_url(sqlalchemy.engine.make_url(url))
+    except Exception:
+        raise StorageError(f"not a storage URL: {mask(url)!r} (try {DEFAULT_STORAGE})") from None
+
+
+OPTUNA_TABLES = {"studies", "trials", "alembic_version", "version_info"}
+
+
+def _sqlite_tables(path: Path) -> set[str] | None:
+    """The tables of a SQLite file (None if SQLite says it is no database); read-only.
 
     Asked of SQLite itself, never by opening the file from Python: closing any descriptor of a
     database drops every POSIX lock this process's SQLite connections hold on it, and a reader
@@ -193,18 +208,46 @@ def _is_sqlite_file(path: Path) -> bool:
     WAL (SQLite's "How To Corrupt" §2.2; it happened here in a test that reopened the storage).
     """
     try:
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=rw", uri=True, timeout=SQLITE_TIMEOUT_S)
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)
     except sqlite3.Error:
-        return True  # cannot open at all (permissions): let the real open say why
+        return set()  # cannot open at all (permissions): let the real open say why
     try:
-        con.execute("PRAGMA schema_version").fetchone()
-        return True
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as exc:
-        if "not a database" in str(exc):
-            return False
-        return True  # locked, busy…: a database, and the real open will wait or say why
+        return None if "not a database" in str(exc) else set()
     finally:
         con.close()
+
+
+def _check_ours(path: Path, create: bool) -> None:
+    """Refuse a file that is not an Optuna database: never add Optuna's tables to someone else's.
+
+    A writer may complete a schema it started (a crash mid-creation); an empty file only counts as
+    ours when this tool's lock file stands beside it (an interrupted first open made both).
+    """
+    tables = _sqlite_tables(path)
+    if tables is None:
+        raise StorageError(f"{path} is not a SQLite database; give another --storage or move the file away")
+    if not tables:
+        if path.stat().st_size == 0 and not path.with_name(path.name + ".lock").exists():
+            raise StorageError(f"{path} exists and is empty, and no sweep made it; give another --storage or "
+                               f"remove the file")
+        if not create:
+            raise StorageError(f"{path} holds no Optuna studies yet")
+        return
+    if not tables & OPTUNA_TABLES:
+        raise StorageError(f"{path} is another program's database (tables: {', '.join(sorted(tables)[:5])}); "
+                           f"give another --storage: sweeps never adds its tables to it")
+
+
+def _check_pg_ours(full_url: str, engine_kwargs: dict[str, Any], url: str, create: bool) -> None:
+    """PostgreSQL: refuse a database that holds tables but no Optuna schema."""
+    tables = _pg_tables(full_url, engine_kwargs)
+    if tables and not tables & OPTUNA_TABLES:
+        raise StorageError(f"{mask(url)} holds another program's tables ({', '.join(sorted(tables)[:5])}); give "
+                           f"another database: sweeps never adds its tables to it")
+    if not tables and not create:
+        raise StorageError(f"{mask(url)} holds no Optuna studies yet")
 
 
 def open_readonly(url: str) -> RDBStorage:
@@ -213,25 +256,44 @@ def open_readonly(url: str) -> RDBStorage:
     SQLite through a `mode=ro` URI (SQLite itself refuses every write, whatever Optuna would try),
     PostgreSQL with read-only transactions, and Optuna's table creation skipped.
     """
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except Exception:
-        raise StorageError(f"not a storage URL: {url!r} (try {DEFAULT_STORAGE})") from None
+    parsed = parse_url(url)
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {}
-    target: str | sqlalchemy.engine.URL = url
+    target: str | sqlalchemy.engine.URL = parsed
+    path = sqlite_path(url)
     if backend == "sqlite":
-        path = sqlite_path(url)
         if path is None:
-            raise StorageError(f"{mask(url)}: an in-memory SQLite storage holds no studies to report")
+            raise StorageError(f"{mask(url)}: an in-memory SQLite storage holds no studies")
         if not path.is_file():
             raise StorageError(f"no such database: {path}")
         target = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
-        engine_kwargs["connect_args"] = {"timeout": 30}
-    elif backend.startswith("postgresql"):
-        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on"}
-        target = driver_url(parsed)  # the project's PostgreSQL driver, as the sweeps use it
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
+    elif backend == "postgresql":
+        engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on",
+                                         "connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "sweeps"}
     try:
-        return RDBStorage(target, engine_kwargs=engine_kwargs, skip_table_creation=True)
+        with reader_lock(path) if path is not None else contextlib.nullcontext():
+            tables = _sqlite_tables(path) if path is not None else _pg_tables(target, engine_kwargs)
+            if tables is None:
+                raise StorageError(f"{path} is not a SQLite database")
+            if not {"studies", "version_info", "alembic_version"} <= tables:
+                raise StorageError(f"{path or mask(url)} holds no Optuna studies" +
+                                   (" (another program's database)" if tables else ""))
+            return RDBStorage(target, engine_kwargs=engine_kwargs, skip_table_creation=True)
+    except StorageError:
+        raise
+    except RuntimeError as exc:
+        if "upgrade" in str(exc):
+            raise StorageError(f"{mask(url)} was written by an older Optuna; back it up, then run "
+                               f"`optuna storage upgrade --storage URL`") from None
+        raise StorageError(scrub(f"cannot read storage {mask(url)}: {first_line(exc)}", url)) from None
     except Exception as exc:
-        raise StorageError(f"cannot read storage {mask(url)}: {root_cause(exc)}") from None
+        raise StorageError(scrub(f"cannot read storage {mask(url)}: {root_cause(exc)}", url)) from None
+
+
+def _pg_tables(url: str | sqlalchemy.engine.URL, engine_kwargs: dict[str, Any]) -> set[str]:
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()

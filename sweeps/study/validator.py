@@ -1,9 +1,15 @@
-"""Type checks for spec values that fail with one line naming the file and the key (`SpecError`)."""
+"""Type checks for spec values, collected: every mistake of a spec in one line (`SpecError`).
+
+`fail` records a mistake (file, key, what is wrong) and stops the unit of validation it is in;
+`attempt` runs one unit (a key, a dimension, an enqueued entry, a design row) and carries on with the
+next after a mistake; `done` raises one `SpecError` naming every mistake, in the order found.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from ..config import KEYS
 
@@ -12,20 +18,44 @@ class SpecError(ValueError):
     """A spec that cannot be used; the message is one line naming the file and key."""
 
 
+T = TypeVar("T")
+
+
+class _Invalid(Exception):
+    """A recorded mistake that ends the current unit of validation."""
+
+
 class Validator:
-    """Type checks that raise one-line SpecErrors naming the file and key."""
+    """Type checks that record one-line mistakes naming the file and key (see the module docstring)."""
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.errors: list[str] = []
 
     def fail(self, key: str, message: str) -> None:
-        raise SpecError(f"{self.path}: {key}: {message}")
+        self.errors.append(f"{key}: {message}")
+        raise _Invalid
+
+    def attempt(self, unit: Callable[[], T], default: T) -> T:
+        """`unit()`, or `default` when it recorded a mistake (validation goes on)."""
+        try:
+            return unit()
+        except _Invalid:
+            return default
+
+    def done(self) -> None:
+        """Raise one SpecError naming every recorded mistake (nothing when there is none)."""
+        if len(self.errors) == 1:
+            raise SpecError(f"{self.path}: {self.errors[0]}")
+        if self.errors:
+            raise SpecError(f"{self.path}: {len(self.errors)} problems: " + "; ".join(self.errors))
 
     def only(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
+        """Record every key of `table` that is not `allowed` (the rest is still checked)."""
         for key in table:
             if key not in allowed:
                 name = f"{where}.{key}" if where else key
-                self.fail(name, f"unknown key; allowed: {', '.join(sorted(allowed))}")
+                self.errors.append(f"{name}: unknown key; allowed: {', '.join(sorted(allowed))}")
 
     def table(self, raw: dict[str, Any], key: str, where: str | None = None) -> dict[str, Any]:
         value = raw.get(key, {})

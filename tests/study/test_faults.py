@@ -382,7 +382,8 @@ def test_postgres_password_from_pgpassword_and_pgpass(pg_password_role, tmp_path
 
         monkeypatch.setenv("PGPASSWORD", password)
         assert main(["worker", str(path), "--storage", url, "--no-progress"]) == 0
-        assert password not in capsys.readouterr().out
+        said = capsys.readouterr()
+        assert password not in said.out + said.err
         monkeypatch.delenv("PGPASSWORD")
 
         pgpass = tmp_path / ".pgpass"

@@ -74,7 +74,7 @@ def test_heartbeats_stale_trials_and_orphans(study, storage):
         number=-1, state=TrialState.RUNNING, value=None, datetime_start=old, datetime_complete=None, params={},
         distributions={}, user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=-1))
     assert rdb.orphan_trial_ids(study) == [orphan]  # the beating one has a heartbeat row
-    time.sleep(2.5)  # past the 2 s grace period
+    time.sleep(3.5)  # past the 2 s grace period (heartbeats are stored to the second: a full second of slack)
     assert rdb.stale_trial_ids(study) == [beating]
 
 

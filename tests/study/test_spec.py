@@ -89,7 +89,7 @@ def test_bad_designs_are_one_line_errors_naming_the_key(tmp_path, text, key, mes
     with pytest.raises(specs.SpecError) as err:
         specs.load(str(p))
     line = str(err.value)
-    assert "\n" not in line and f"{p}: {key}: " in line and message in line
+    assert "\n" not in line and line.startswith(f"{p}: ") and f"{key}: " in line and message in line
 
 
 def test_fixed_and_defaults_fill_every_key(tmp_path):
@@ -165,3 +165,24 @@ def test_space_hash_ignores_budget_but_not_space(tmp_path):
     b = specs.parse({"study": {"trials": 50}, "space": {"hidden": {"low": 1, "high": 4}}}, path="b", default_name="a")
     c = specs.parse({"study": {"trials": 5}, "space": {"hidden": {"low": 1, "high": 8}}}, path="c", default_name="a")
     assert a.space_hash() == b.space_hash() != c.space_hash()
+
+
+def test_every_mistake_of_a_spec_is_named_in_one_line(tmp_path):
+    p = tmp_path / "two.toml"
+    p.write_text('[study]\nseeds = 0\nsampler = "grdi"\n[fixed]\nwidht = 3\nsteps = -1\n[space.lr]\nlow = 1\nhigh = 0\n'
+                 '[space.hidden]\nlow = 1\nhigh = 4\n')
+    with pytest.raises(specs.SpecError) as err:
+        specs.load(str(p))
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"{p}: 5 problems: ")
+    for key in ("study.sampler: ", "study.seeds: ", "fixed.widht: ", "fixed.steps: ", "space.lr."):
+        assert key in line
+    assert "space.hidden" not in line  # the good parts are not blamed
+
+
+def test_one_rule_for_study_names():
+    from sweeps.study.spec import check_name
+
+    assert check_name("default") and check_name("a_b-1.2")
+    for bad in ("", "my study", "a/b", "-x", ".x", "x" * 101, "naïve\u200b"):
+        assert not check_name(bad), bad

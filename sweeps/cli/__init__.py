@@ -1,25 +1,28 @@
-"""Command line: `sweeps run|worker|list|show|specs|dashboard` (also `python -m sweeps`).
+"""Command line: `sweeps run|worker|list|show|specs|report|dashboard` (also `python -m sweeps`).
 
 Exit codes: 0 done, 1 a failure while running, 2 bad input (spec, flags, storage, study name),
 130 interrupted (finished trials kept, the round in flight failed and retried on the next run).
+Messages go through `logging` (`-v` for more, `--quiet` for errors only); results go to stdout.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import logging
+import sys
 from collections.abc import Sequence
 
-from .config import DEFAULT_STORAGE, ENV_STORAGE
-from .console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, fail
-from .dashboard import serve as dashboard
-from .study import rdb
-from .study import spec as specs
-from .study import storage as st
-from .study.errors import StorageError, describe_error, mask
-from .study.record import read
+from .. import __version__
+from ..config import DEFAULT_STORAGE, ENV_STORAGE
+from ..console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser, fail
+from ..dashboard import serve as dashboard
+from ..study import spec as specs
+from ..study import storage as st
+from ..study.errors import StorageError, describe_error, mask
+from . import listing
 
 STORAGE_HELP = f"storage URL (default: ${ENV_STORAGE}, else {DEFAULT_STORAGE})"
+log = logging.getLogger("sweeps")
 
 
 def _positive_int(text: str) -> int:
@@ -35,36 +38,74 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `sweeps` argument parser, every subcommand."""
     p = OneLineParser(prog="sweeps", description="Batched Optuna sweeps of 1-H-1 networks fitting sin(x) on [0, 10].")
+    p.add_argument("--version", action="version", version=f"sweeps {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="say more (debug messages)")
+    common.add_argument("-q", "--quiet", action="store_true", help="errors only")
     sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     for name, text in (("run", "run (or continue) the study of a spec until its trial budget is reached"),
                        ("worker", "join a study (creating it if first) and work until its global budget is done")):
-        r = sub.add_parser(name, help=text, description=text)
+        r = sub.add_parser(name, help=text, description=text, parents=[common])
         r.add_argument("spec", help="a bundled spec's name (see `sweeps specs`) or a path to a .toml file")
+        r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="change a setting for this run (repeatable): a config key (fixed to VALUE), study.KEY "
+                            "or design.KEY; a changed space needs a new --study name")
         r.add_argument("--trials", type=_positive_int, help="the study's total trial budget (default: the spec's)")
         r.add_argument("--storage", help=f"storage URL (default: ${ENV_STORAGE}, else the spec's, else {DEFAULT_STORAGE})")
         r.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda if present, else cpu")
         r.add_argument("--batch-size", type=_positive_int, help="models trained together (1 = one at a time, the reference path)")
         r.add_argument("--seed", type=int, help="base seed for the sampler and the models' inits (default: the spec's)")
-        r.add_argument("--study", help="study name (default: the spec's name)")
+        r.add_argument("--study", type=_study_name, help="study name (default: the spec's name)")
         r.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
         r.add_argument("--compile", action="store_true",
                        help="fuse the training step with torch.compile: same numbers, faster on long runs (one-off compile per activation)")
 
-    ls = sub.add_parser("list", help="studies in a storage, with trial counts and best values")
+    ls = sub.add_parser("list", help="studies in a storage, with trial counts and best values", parents=[common])
     ls.add_argument("--storage", help=STORAGE_HELP)
-    sh = sub.add_parser("show", help="a study's best trials and their configuration")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    sh = sub.add_parser("show", help="a study's best trials (a designed study's confirmations)", parents=[common])
     sh.add_argument("study")
     sh.add_argument("--storage", help=STORAGE_HELP)
     sh.add_argument("--top", type=_positive_int, default=10)
-    sub.add_parser("specs", help="the bundled specs")
-    dashboard.add_cli(sub)
+    sh.add_argument("--json", action="store_true", help="as JSON")
+    sp = sub.add_parser("specs", help="the bundled specs", parents=[common])
+    sp.add_argument("--json", action="store_true", help="as JSON")
+    from analysis.cli import add_report_arguments
+
+    add_report_arguments(sub.add_parser("report", help="tables, figures and the answer: studies/reports/<study>/",
+                                        description="Write the report of one study, or of every study plus an "
+                                                    "index page. The storage is opened read-only.", parents=[common]))
+    dashboard.add_cli(sub, parents=[common])
     return p
+
+
+def _study_name(text: str) -> str:
+    if not specs.check_name(text):
+        raise argparse.ArgumentTypeError(f"study name {text!r}: use 1-100 letters, digits, '.', '_' or '-' "
+                                         f"(not starting with '.' or '-')")
+    return text
+
+
+def _logging(args: argparse.Namespace) -> None:
+    """Messages through `logging`: what a run is doing on stdout, warnings and errors on stderr
+    (so that a failure's stderr is its one line)."""
+    level = logging.ERROR if getattr(args, "quiet", False) else logging.DEBUG if getattr(args, "verbose", False) \
+        else logging.INFO
+    info, problems = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems.setLevel(logging.WARNING)
+    for handler in (info, problems):
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [info, problems]
+    log.setLevel(level)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `sweeps` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _logging(args)
     if args.command in ("list", "show"):
         args.storage = st.resolve_url(args.storage)
     st.quiet_optuna()
@@ -72,11 +113,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("run", "worker"):
             return _run(args)
         if args.command == "list":
-            return _list(args)
+            return listing.list_studies(args)
         if args.command == "show":
-            return _show(args)
+            return listing.show_study(args)
         if args.command == "specs":
-            return _specs()
+            return listing.list_specs(args)
+        if args.command == "report":
+            from analysis.cli import run_report
+
+            return run_report(args)
         if args.command == "dashboard":
             return dashboard.run_cli(args)
     except specs.SpecError as exc:
@@ -87,16 +132,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .engine import DeviceUnavailable
-    from .study.runner import Interrupted, Options, StudyMismatch, run, storage_url
+    from ..engine import DeviceUnavailable
+    from ..study.runner import Interrupted, Options, StudyMismatch, run, storage_url
 
-    spec = specs.load(args.spec)  # validated before any storage is touched
+    spec = specs.load(args.spec, args.set)  # validated before any storage is touched
     opts = Options(storage=args.storage, device=args.device, batch_size=args.batch_size, trials=args.trials,
                    study_name=args.study, seed=args.seed, progress=False if args.no_progress else None,
                    compile=args.compile)
     url = storage_url(spec, opts)
     try:
-        summary = run(spec, opts)
+        summary = run(spec, opts, echo=log.info)
     except StudyMismatch as exc:
         return fail(str(exc), EXIT_USAGE)
     except Interrupted as exc:
@@ -114,65 +159,21 @@ def _run(args: argparse.Namespace) -> int:
     if summary.best_value is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.best_params.items()))
         print(f"best median test MSE {summary.best_value:.3g}: {params}")
-    print("next: `make dashboard` to inspect it, `make report` for tables and figures")
+    shown = "" if url == st.resolve_url() else f" --storage {mask(url)}"
+    log.info(f"next: `sweeps report{shown}` for the answer, tables and figures; `sweeps dashboard{shown}` to "
+             f"inspect the trials")
     return 0
 
 
 def _publish(url: str, name: str, spec: "specs.Spec", budget: int) -> None:
     """The dashboard's study note and fit figures after a run; a failure only warns, never fails a sweep."""
-    from .dashboard.publish import publish_run
+    from ..dashboard.publish import publish_run
 
     try:
         publish_run(st.open_storage(url), url, name, spec, budget=budget)
     except Exception as exc:
-        print(f"warning: study note and fit figures not updated: {describe_error(exc, url)}")
+        log.warning(f"warning: study note and fit figures not updated: {describe_error(exc, url)}")
 
 
 def _fmt(v: object) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _list(args: argparse.Namespace) -> int:
-    import optuna
-
-    storage = st.open_storage(args.storage, create=False)
-    summaries = optuna.get_all_study_summaries(storage)
-    if not summaries:
-        print(f"no studies in {mask(args.storage)}")
-        return 0
-    print(f"{'study':<24} {'trials':>7} {'complete':>9} {'best median MSE':>16}")
-    for s in summaries:
-        trials = storage.get_all_trials(rdb.study_id(s), deepcopy=False)
-        complete = sum(t.state.name == "COMPLETE" for t in trials)
-        best = f"{s.best_trial.value:.3g}" if s.best_trial is not None and s.best_trial.value is not None else "-"
-        print(f"{s.study_name:<24} {len(trials):>7} {complete:>9} {best:>16}")
-    return 0
-
-
-def _show(args: argparse.Namespace) -> int:
-    import optuna
-
-    storage = st.open_storage(args.storage, create=False)
-    names = [s.study_name for s in storage.get_all_studies()]
-    if args.study not in names:
-        return fail(f"no study {args.study!r} in {mask(args.storage)} (have: {', '.join(names) or 'none'})", EXIT_USAGE)
-    study = optuna.load_study(study_name=args.study, storage=storage)
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
-    done.sort(key=lambda t: t.value if t.value is not None and not math.isnan(t.value) else math.inf)
-    print(f"study {args.study!r}: {len(study.trials)} trials, {len(done)} complete; top {min(args.top, len(done))}:")
-    keys = ("hidden", "bias", "activation", "optimizer", "lr", "data", "loss", "init", "steps", "bias_copies")
-    print(f"{'#':>5} {'median MSE':>11} {'success':>8} " + " ".join(f"{k:>10}" for k in keys))
-    for t in done[:args.top]:
-        record = read(t)
-        cfg = record.config
-        rate = record.success_rate if record.success_rate is not None else float("nan")
-        print(f"{t.number:>5} {t.value:>11.3g} {rate:>8.0%} "
-              + " ".join(f"{_fmt(cfg.get(k, '-')):>10}" for k in keys))
-    return 0
-
-
-def _specs() -> int:
-    for name, path in sorted(specs.bundled_specs().items()):
-        s = specs.load(str(path))
-        print(f"{name:<14} {s.sampler:<6} {s.trials:>5} trials x {s.seeds:>2} seeds  {s.description}")
-    return 0
