@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--seed", type=int, help="base seed for the sampler and the models' inits (default: the spec's)")
         r.add_argument("--study", type=_study_name, help="study name (default: the spec's name)")
         r.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+        r.add_argument("--threads", type=_positive_int, help="threads for training (default: $OMP_NUM_THREADS, else "
+                                                             "this machine's cores shared among its running workers)")
         r.add_argument("--compile", action="store_true",
                        help="fuse the training step with torch.compile: same numbers, faster on long runs (one-off compile per activation)")
 
@@ -135,7 +137,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..engine import DeviceUnavailable
     from ..study.runner import Interrupted, Options, StudyMismatch, run, storage_url
 
+    import torch
+
+    from .cores import share
+
     spec = specs.load(args.spec, args.set)  # validated before any storage is touched
+    threads = share(args.threads)
+    torch.set_num_threads(threads)
+    log.debug(f"training on {threads} thread(s)")
     opts = Options(storage=args.storage, device=args.device, batch_size=args.batch_size, trials=args.trials,
                    study_name=args.study, seed=args.seed, progress=False if args.no_progress else None,
                    compile=args.compile)
