@@ -20,10 +20,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def sweeps_processes() -> int:
+def sweeps_processes(proc_root: Path = Path("/proc")) -> int:
     """`sweeps run` / `sweeps worker` processes on this host (this one included; at least 1)."""
     count = 0
-    for proc in Path("/proc").glob("[0-9]*"):
+    for proc in proc_root.glob("[0-9]*"):
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:

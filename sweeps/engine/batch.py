@@ -77,7 +77,7 @@ def evaluate(batch: Batch, model: BatchModel, P: torch.Tensor) -> tuple[torch.Te
 
 def results(batch: Batch, P: torch.Tensor, test_mse: torch.Tensor, train_mse: torch.Tensor, steps: Sequence[int],
             diverged_at: Sequence[int | None], curves: Sequence[tuple[tuple[int, float, float], ...]], *,
-            evals: Sequence[int]) -> list[Result]:
+            evals: Sequence[int], fevals: Sequence[int] | None = None) -> list[Result]:
     """Per-model results in job order; a diverged model reports inf MSEs and no parameters."""
     rows = P.to("cpu", torch.float64)
     test, train = test_mse.cpu().tolist(), train_mse.cpu().tolist()
@@ -94,5 +94,6 @@ def results(batch: Batch, P: torch.Tensor, test_mse: torch.Tensor, train_mse: to
             shift=batch.shift,
             scale=batch.scale,
             evals=evals[k],
+            fevals=0 if fevals is None else fevals[k],
         ))
     return out

@@ -8,9 +8,11 @@ Each optimizer follows `torch.optim`'s update rule with its default constants, s
 Models whose `active` flag is off (diverged) are left exactly as they are.
 
 `fit_batch` sorts a batch's rows into runs of equal optimizer (a handful of ops per step, however
-many models), trains every model for the shared step budget, records the training MSE at
-log-spaced steps, and freezes a model the step its loss turns non-finite or passes
-`DIVERGENCE_MSE`, without touching its batch-mates.
+many models), trains every model for the shared step budget, records the training and test MSE at
+`checkpoints(steps)`, and freezes a model the step its loss turns non-finite or passes
+`DIVERGENCE_MSE`, without touching its batch-mates. This loop is the engine on CUDA and the
+reference of the C kernel that is the CPU default (`sweeps.engine.first_order_native`); it
+stops at the next 256-step mark once `native.cancel()` is called (raising `native.Cancelled`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from ..config import FIRST_ORDER
 from . import batch as batches
 from . import data as datasets
+from . import native
 from .jobs import DIVERGENCE_MSE, Job, Result, checkpoints
 from .model import BatchModel, bias_lr_factor, pad, runs
 
@@ -141,8 +144,11 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
             break
         opt.step(P, grad, active)
         # A cheap host sync now and then lets a batch whose every model diverged stop early.
-        if step % 256 == 255 and not bool(active.any()):
-            break
+        if step % 256 == 255:
+            if native.cancelled():
+                raise native.Cancelled("training cancelled")
+            if not bool(active.any()):
+                break
 
     test_mse, train_mse = batches.evaluate(b, model, P)
     div = [d if d >= 0 else None for d in diverged_at.cpu().tolist()]

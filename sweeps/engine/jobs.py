@@ -2,7 +2,7 @@
 
 A job is one model to train (a `Config` and the seed of its initial weights); a result is what
 training it produced. The device is chosen at run time (`resolve_device`); batch sizes follow the
-device (`default_batch_size`, `CPU_BATCH_ELEMENTS`). Nothing here knows of Optuna.
+device (`default_batch_size`, `batch_elements`). Nothing here knows of Optuna.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ from ..config import Config
 # A model whose training MSE passes this (targets are sin(x), |y| <= 1) or turns NaN/inf has
 # diverged: it is frozen where it stands and reported as such.
 DIVERGENCE_MSE = 1e6
-# On a CPU a batch's [K, H, N] tensors should stay in cache: `make bench` measured H = 16 on 1000
-# points at 5.4 models/s with 64 models a batch but 4.2 with 256 and 2.0 with 1024 (H = 4 kept
-# improving up to 256). So a CPU batch holds at most this many K·H·N elements (4 MiB in float32).
+# On a CPU the torch path's [K, H, N] tensors should stay in cache: `make bench` measured H = 16
+# on 1000 points at 5.4 models/s with 64 models a batch but 4.2 with 256 and 2.0 with 1024 (H = 4
+# kept improving up to 256). So a CPU batch holds at most this many K·H·N elements (4 MiB in
+# float32). The native kernels keep no such tensors and take whole batches.
 CPU_BATCH_ELEMENTS = 1 << 20
+# On a GPU a batch must fit in memory: a torch step holds about a dozen [K, H, N] temporaries
+# (the LM Jacobian [K, 3H+2, N] counts three), so a batch gets at most free memory / (16 x 8 bytes)
+# elements, measured when the batch is cut.
+GPU_TENSORS = 16
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,17 @@ class Result:
     curve: tuple[tuple[int, float, float], ...]
     shift: float = 0.0  # the network saw (x - shift) / scale (input scaling, fitted on the training set)
     scale: float = 1.0
-    evals: int = 0  # gradient evaluations (first order: one a step; bfgs: with its line searches; lm: Jacobians)
-    seconds: float = 0.0  # this model's share of its batch's wall time (by its work: units x points x evals)
+    # Gradient evaluations, one meaning on every path (native and torch): first order one a step;
+    # bfgs vmmin's grcount (the start and each accepted step: R optim's counts["gradient"]); lm
+    # Jacobian evaluations (the start and each accepted step, MINPACK's njev).
+    evals: int = 0
+    # Loss evaluations besides those: bfgs vmmin's fncount (the start and every line-search
+    # trial); lm residual evaluations (the start and one an iteration); first order 0 (a step's
+    # loss comes with its gradient).
+    fevals: int = 0
+    # This model's share of its batch's wall time: by the kernel's own per-model (or per-pack)
+    # timing on the native path, by its work (units x points x evaluations) on the torch path.
+    seconds: float = 0.0
 
     @property
     def diverged(self) -> bool:
@@ -68,8 +82,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Models per batch: large on a GPU; ~256 on a CPU, where bigger batches fall out of cache."""
-    return 4096 if device.type == "cuda" else 256
+    """Models per batch: 4096 on a GPU (fewer if memory says so: `batch_elements`); on a CPU 256,
+    or 64 a thread where there are more than four: enough packs of 16 models to keep every
+    thread of the native kernels busy (the torch path caps its batches by `batch_elements`)."""
+    return 4096 if device.type == "cuda" else max(256, 64 * torch.get_num_threads())
+
+
+def batch_elements(device: torch.device) -> int:
+    """The most K·H·N elements one torch-path batch may hold on `device` (see CPU_BATCH_ELEMENTS,
+    GPU_TENSORS)."""
+    if device.type != "cuda":
+        return CPU_BATCH_ELEMENTS
+    free, _total = torch.cuda.mem_get_info(device)
+    return max(CPU_BATCH_ELEMENTS, free // (GPU_TENSORS * 8))
 
 
 def checkpoints(steps: int) -> list[int]:

@@ -21,7 +21,13 @@ side there, so their update is exactly 0 and they are not counted as parameters.
 
 Both always compute in float64 (`precision` applies to first-order optimizers only): nnet's
 tolerances (reltol 1e-8) and LM's normal equations are below float32's resolution.
-`fit_batch` is the engine entry point, with the contract of `sweeps.engine.fit.fit_batch`.
+`fit_batch` is the engine entry point, with the contract of `sweeps.engine.fit.fit_batch`. This
+torch port is the reference of the C kernel (`sweeps.engine.second_order_native`, the CPU
+default) and the path on CUDA. Both count alike: `evals` the gradients vmmin evaluates (its
+grcount) or the Jacobians LM uses (the start and each accepted step), `fevals` vmmin's loss
+evaluations (fncount) or LM's residual evaluations, whatever this port computes on the side
+(it evaluates every trial step's gradient, and the Jacobian at rejected LM points). Both stop
+at the next iteration once `native.cancel()` is called, raising `native.Cancelled`.
 
 Over 300 lines: the two methods share their batch bookkeeping (`_Finals`, `_compact`, `_Curve`)
 and the line search belongs with BFGS; split, each half would import the other's internals.
@@ -38,6 +44,7 @@ import torch
 
 from . import batch as batches
 from . import data as datasets
+from . import native
 from .jobs import DIVERGENCE_MSE, Job, Result, checkpoints
 from .model import ACTIVATIONS, BatchModel, Layout, forward
 
@@ -86,7 +93,8 @@ class Outcome:
     loss: torch.Tensor  # final training loss (sum or mean of squared errors, as the model's)
     iterations: torch.Tensor  # iterations used
     converged: torch.Tensor  # stopped by a tolerance (False: maxit reached, or never started)
-    evals: torch.Tensor  # gradient evaluations (bfgs) or Jacobian evaluations (lm)
+    evals: torch.Tensor  # gradient evaluations (bfgs: vmmin's grcount) or Jacobian evaluations (lm)
+    fevals: torch.Tensor  # loss evaluations (bfgs: vmmin's fncount) or residual evaluations (lm)
 
 
 OnStep = Callable[[Step], None]
@@ -196,8 +204,10 @@ def line_search(net: Net, mask: torch.Tensor, X: torch.Tensor, d: torch.Tensor, 
     Trial steps are 1, 0.2, 0.04, …; a row takes the first that satisfies Armijo's condition
     `f <= f0 + ACCTOL * s * slope`, and gives up at the first that no longer changes any parameter.
     Step 1 is evaluated with its gradient (it is usually taken); later trials are evaluated
-    CHUNK at a time. Returns (accepted [M], steplength [M], P [M, D], loss [M], gradient [M, D]);
-    a row not accepted keeps X, f0 and a zero step. `steps` caches `_steplengths(MAX_TRIALS)`.
+    CHUNK at a time. Returns (accepted [M], steplength [M], P [M, D], loss [M], gradient [M, D],
+    evaluations [M]); a row not accepted keeps X, f0 and a zero step (its gradient entry is then
+    not X's). `evaluations` counts the losses a sequential search evaluates (vmmin's fncount: a
+    trial that changes no parameter is not evaluated). `steps` caches `_steplengths(MAX_TRIALS)`.
     """
     if steps is None:
         steps = _steplengths(MAX_TRIALS, X.device)
@@ -207,8 +217,9 @@ def line_search(net: Net, mask: torch.Tensor, X: torch.Tensor, d: torch.Tensor, 
     accepted = ~nochange & (f_new <= f0 + ACCTOL * slope)
     resolved = accepted | nochange
     s = accepted.to(DTYPE)
+    evals = (~nochange).long()
     if bool(resolved.all()):  # the usual case: every row took step 1 or cannot move
-        return accepted, s, torch.where(accepted[:, None], P_new, X), torch.where(accepted, f_new, f0), g_new
+        return accepted, s, torch.where(accepted[:, None], P_new, X), torch.where(accepted, f_new, f0), g_new, evals
     start = 1
     while start < MAX_TRIALS:
         todo = (~resolved).nonzero().squeeze(1)
@@ -225,6 +236,7 @@ def line_search(net: Net, mask: torch.Tensor, X: torch.Tensor, d: torch.Tensor, 
         hit = stop.any(1)
         first = stop.to(torch.int8).argmax(1)  # the first trial that ends the search
         took = hit & ok.gather(1, first[:, None]).squeeze(1)
+        evals[todo] += torch.where(hit, first + took.long(), C)  # the trials up to the one that ends it
         rows, j = todo[took], first[took]
         P_new[rows] = cands[took, j]
         f_new[rows] = fc[took, j]
@@ -237,7 +249,7 @@ def line_search(net: Net, mask: torch.Tensor, X: torch.Tensor, d: torch.Tensor, 
         g_new[back] = net.loss_and_grad(P_new[back], mask[back])[1]
     P_new = torch.where(accepted[:, None], P_new, X)
     f_new = torch.where(accepted, f_new, f0)
-    return accepted, s, P_new, f_new, g_new
+    return accepted, s, P_new, f_new, g_new, evals
 
 
 State = dict[str, torch.Tensor]
@@ -256,14 +268,15 @@ class _Finals:
         self.iterations = torch.zeros(P.shape[0], dtype=torch.long, device=P.device)
         self.converged = torch.zeros(P.shape[0], dtype=torch.bool, device=P.device)
         self.evals = torch.zeros(P.shape[0], dtype=torch.long, device=P.device)
+        self.fevals = torch.zeros_like(self.evals)
 
     def store(self, idx: torch.Tensor, P: torch.Tensor, loss: torch.Tensor, iterations: torch.Tensor,
-              converged: torch.Tensor, evals: torch.Tensor) -> None:
+              converged: torch.Tensor, evals: torch.Tensor, fevals: torch.Tensor) -> None:
         self.P[idx], self.loss[idx], self.iterations[idx], self.converged[idx] = P, loss, iterations, converged
-        self.evals[idx] = evals
+        self.evals[idx], self.fevals[idx] = evals, fevals
 
     def outcome(self) -> Outcome:
-        return Outcome(self.P, self.loss, self.iterations, self.converged, self.evals)
+        return Outcome(self.P, self.loss, self.iterations, self.converged, self.evals, self.fevals)
 
 
 def _start(loss: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
@@ -281,10 +294,11 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
     the tolerances), or after `maxit` iterations (gradient evaluations, vmmin's `iter`). Only the
     running models are computed: the batch shrinks as models stop.
 
-    Two departures from vmmin, both at its edges: after a step that fails the tolerances vmmin
-    restarts from the new point with the old point's gradient, this with the new point's; and a
-    search that finds no acceptable step keeps the start point exactly (vmmin keeps the last trial,
-    equal to it within its "no change" test).
+    As vmmin, a step that fails the tolerances is kept and the search restarts from it with the
+    old point's gradient (the new one is not evaluated). One departure, at vmmin's edge: a search
+    that finds no acceptable step keeps the start point and loss exactly (vmmin keeps its last
+    trial, equal to the start within its "no change" test, and, if that trial's loss is within
+    the tolerances of the start's, that loss).
     """
     f0, g0 = net.loss_and_grad(P, mask)
     finals = _Finals(P, f0)
@@ -293,11 +307,12 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
     one = torch.ones(idx.numel(), dtype=torch.long, device=P.device)
     st: State = {"idx": idx, "P": P[idx], "f": f0[idx], "g": g0[idx], "mask": m, "B": torch.diag_embed(m),
                  "abstol": abstol[idx], "reltol": reltol[idx], "n": m.sum(1).long(),
-                 "iters": one, "gradcount": one.clone(), "ilast": one.clone(),  # vmmin's counters
-                 "evals": one.clone()}  # gradient evaluations: the first, then one or two per line search
+                 "iters": one, "gradcount": one.clone(), "ilast": one.clone(), "funcount": one.clone()}  # vmmin's
     finals.iterations[idx] = 1  # vmmin counts the first gradient as iteration 1
     steps = _steplengths(MAX_TRIALS, P.device)
     while st["idx"].numel():  # like vmmin's do-while: at least one iteration
+        if native.cancelled():
+            raise native.Cancelled("training cancelled")
         Pm, f, g, B, m = st["P"], st["f"], st["g"], st["B"], st["mask"]
         fresh = st["ilast"] == st["gradcount"]  # B was just reset to the identity
         B = torch.where(fresh[:, None, None], torch.diag_embed(m), B)
@@ -305,15 +320,16 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
         slope = (d * g).sum(1)
         down = slope < 0.0
         if bool(down.all()):  # the usual case: no gathering
-            moved, steplength, P_new, f_new, g_new = line_search(net, m, Pm, d, f, slope, steps)
+            moved, steplength, P_new, f_new, g_new, tried = line_search(net, m, Pm, d, f, slope, steps)
         else:
             moved = torch.zeros_like(down)
             steplength = torch.zeros_like(f)
+            tried = torch.zeros_like(st["funcount"])
             P_new, f_new, g_new = Pm.clone(), f.clone(), g.clone()
             rows = down.nonzero().squeeze(1)
             if rows.numel():
-                acc, s, Pr, fr, gr = line_search(net, m[rows], Pm[rows], d[rows], f[rows], slope[rows], steps)
-                moved[rows], steplength[rows] = acc, s
+                acc, s, Pr, fr, gr, ev = line_search(net, m[rows], Pm[rows], d[rows], f[rows], slope[rows], steps)
+                moved[rows], steplength[rows], tried[rows] = acc, s, ev
                 P_new[rows], f_new[rows], g_new[rows] = Pr, fr, gr
         reltol = st["reltol"]
         enough = (f_new > st["abstol"]) & ((f_new - f).abs() > reltol * (f.abs() + reltol))
@@ -343,11 +359,15 @@ def bfgs(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: t
         ilast = torch.where(gradcount - ilast > 2 * st["n"], gradcount, ilast)  # periodic restart
         if on_step is not None:
             on_step(Step(st["idx"], iters, f, f_new, moved, slope, steplength, P_new))
-        evals = st["evals"] + down.long() + (moved & (steplength < 1.0)).long()  # step 1, and a backtrack
-        st.update(P=P_new, f=f_new, g=g_new, B=B, iters=iters, gradcount=gradcount, ilast=ilast, evals=evals)
+        funcount = st["funcount"] + tried
+        # vmmin evaluates the gradient only where it makes progress: elsewhere it restarts with
+        # the gradient it had (at the old point, for a step kept that failed the tolerances).
+        g_next = torch.where(progress[:, None], g_new, g)
+        st.update(P=P_new, f=f_new, g=g_next, B=B, iters=iters, gradcount=gradcount, ilast=ilast, funcount=funcount)
         stop = done | (iters >= maxit)
         if bool(stop.any()):
-            finals.store(st["idx"][stop], P_new[stop], f_new[stop], iters[stop], done[stop], evals[stop])
+            finals.store(st["idx"][stop], P_new[stop], f_new[stop], iters[stop], done[stop], gradcount[stop],
+                         funcount[stop])
             st = _compact(st, ~stop)
     return finals.outcome()
 
@@ -379,8 +399,11 @@ def lm(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: tor
     mu0 = LM_TAU * top0 if damping == "identity" else torch.full_like(top0, LM_TAU)
     st: State = {"idx": idx, "P": P[idx], "F": F0[idx], "A": A0[idx], "g": g0[idx], "mask": mask[idx],
                  "wide": wide[idx], "abstol": abstol[idx], "reltol": reltol[idx], "mu": mu0[idx],
-                 "nu": torch.full_like(mu0[idx], 2.0), "iters": torch.zeros_like(idx)}
+                 "nu": torch.full_like(mu0[idx], 2.0), "iters": torch.zeros_like(idx),
+                 "jevals": torch.ones_like(idx)}
     while st["idx"].numel():
+        if native.cancelled():
+            raise native.Cancelled("training cancelled")
         Pm, F, A, g, m, mu = st["P"], st["F"], st["A"], st["g"], st["wide"], st["mu"]
         diag = torch.diagonal(A, dim1=1, dim2=2)
         if damping == "identity":
@@ -413,13 +436,14 @@ def lm(net: Net, P: torch.Tensor, mask: torch.Tensor, *, maxit: int, abstol: tor
         P_now = torch.where(moved[:, None], P_new, Pm)
         if on_step is not None:
             on_step(Step(st["idx"], iters, F * scale, F_now * scale, moved, -predicted, mu, P_now))
+        jevals = st["jevals"] + moved.long()  # J at a rejected point is computed here but never used
         st.update(P=P_now, F=F_now,
                   A=torch.where(moved[:, None, None], A_new, A), g=torch.where(moved[:, None], g_new, g),
-                  mu=mu_next, nu=nu, iters=iters)
+                  mu=mu_next, nu=nu, iters=iters, jevals=jevals)
         stop = done | (iters >= maxit)
         if bool(stop.any()):
             finals.store(st["idx"][stop], st["P"][stop], F_now[stop] * scale, iters[stop], done[stop],
-                         iters[stop] + 1)  # one Jacobian at the start, one per iteration
+                         jevals[stop], iters[stop] + 1)  # residuals at the start and once an iteration
             st = _compact(st, ~stop)
     return finals.outcome()
 
@@ -428,7 +452,9 @@ METHODS = {"bfgs": bfgs, "lm": lm}
 
 
 class _Curve:
-    """Training and test MSE of each model at its own iteration checkpoints (`jobs.checkpoints`)."""
+    """Training and test MSE of each model at its own iteration checkpoints (`jobs.checkpoints`):
+    the state the first time it reaches each (as the kernel records them: a BFGS restart that
+    moves without counting an iteration does not overwrite a checkpoint)."""
 
     def __init__(self, points: list[int], K: int, n: int, loss_scale: float, device: torch.device,
                  test_mse: Callable[[torch.Tensor], torch.Tensor]) -> None:
@@ -446,6 +472,7 @@ class _Curve:
         """Models `index` are at `iteration` with training loss `loss` and parameters P."""
         pos = self.slot[iteration.clamp(0, self.last)]
         hit = (pos >= 0) & (iteration <= self.last)
+        hit &= torch.isnan(self.values[index, pos.clamp(min=0)])
         if bool(hit.any()):  # most iterations are no checkpoint of any model
             self.values[index[hit], pos[hit]] = loss[hit] * self.to_mse
             self.tests[index[hit], pos[hit]] = self.test_mse(P[hit])
@@ -490,6 +517,8 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
                        lambda rows: batches.test_mse(b, net.model, rows))
         started = ok.nonzero().squeeze(1)
         curve.record(started, torch.zeros_like(started), loss0[started], P[started])
+        if method is bfgs:  # vmmin counts the start as iteration 1
+            curve.record(started, torch.ones_like(started), loss0[started], P[started])
         kwargs = {"damping": damping} if method is lm else {}
         out = method(net, P, mask, maxit=first.steps, abstol=abstol, reltol=reltol, start=ok,
                      on_step=curve.on_step, **kwargs)
@@ -500,4 +529,4 @@ def fit_batch(jobs: Sequence[Job], data: datasets.Dataset, device: torch.device,
     train = [t if g else math.inf for t, g in zip(train_mse.cpu().tolist(), good)]
     curves = [c if g else () for c, g in zip(curve.rows(steps, train, test_mse.cpu().tolist()), good)]
     return batches.results(b, out.P, test_mse, train_mse, steps, [None if g else 0 for g in good], curves,
-                           evals=out.evals.cpu().tolist())
+                           evals=out.evals.cpu().tolist(), fevals=out.fevals.cpu().tolist())

@@ -1,14 +1,17 @@
-"""`make bench`: throughput of the batched engine and of whole sweeps, each against its naive reference.
+"""`make bench`: the engine and whole sweeps, each against its reference, as ratios in one run.
 
 Every figure is a ratio measured in one run against its reference on the same machine (absolute
 times are printed but never judged), the median over repeats where repeated:
-1. Engine: models/s training the same 1-H-1 configuration (tanh, Adam lr 0.01, sum loss, 1000
-   uniform points) one model at a time with `torch.optim` (the loop every tutorial writes) vs the
-   batched engine at several batch sizes, eager and compiled.
+1. Engine (`bench_engine`): the native kernel against the torch reference loop on a sample of the
+   default designed study's mix (`engine_vs_reference`), its share of the machine's measured
+   limit for that work (`limit_share`), and H = 4 / 1000 points / Adam / 2000 steps against the
+   naive one-model-at-a-time torch.optim loop (`engine_ratio`).
 2. End to end: trials/s of `quick`-sized sweeps into SQLite with `--batch-size 1` vs the default,
    and the share of wall time spent in storage, in the sampler and in training.
-3. Second order (when present): time per successful fit of `lm`/`bfgs` vs Adam (and R's nnet).
-Writes the numbers to a JSON file (`engine_ratio`, `end_to_end_ratio`, …).
+3. Second order (`bench_second_order`): bfgs and lm against R's nnet, CPU time per successful fit
+   on one thread each (`bfgs_vs_r`, `lm_vs_r`).
+Writes the numbers to a JSON file, with the load average before and after. `--quick` (QUICK=1):
+smaller sizes, about a minute on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import contextlib
 import functools
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,76 +31,8 @@ from typing import Any
 
 import torch
 
-from ..config import DEFAULTS, Config
-from ..engine import Job, default_batch_size, fit, resolve_device
-
-
-def _config(hidden: int, steps: int) -> Config:
-    return Config(**{**DEFAULTS, "hidden": hidden, "bias": "both", "activation": "tanh", "optimizer": "adam",
-                     "lr": 0.01, "data": "uniform1000", "loss": "sum", "steps": steps, "precision": "float32"})
-
-
-def naive_models_per_s(hidden: int, steps: int, models: int, device: torch.device) -> float:
-    """The reference: nn.Linear layers, autograd and torch.optim.Adam, one model after another."""
-    from ..engine import data as datasets
-
-    ds = datasets.make("uniform1000")
-    x, y = ds.x.float()[:, None].to(device), ds.y.float()[:, None].to(device)
-    start = time.perf_counter()
-    for seed in range(models):
-        torch.manual_seed(seed)
-        net = torch.nn.Sequential(torch.nn.Linear(1, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=0.01)
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = ((net(x) - y) ** 2).sum()
-            loss.backward()
-            opt.step()
-        loss.detach().item()  # wait for the device
-    return models / (time.perf_counter() - start)
-
-
-def batched_models_per_s(hidden: int, steps: int, batch: int, device: torch.device, compile: bool) -> float:
-    """Models/s of the batched engine on `batch` identical configurations."""
-    jobs = [Job(_config(hidden, steps), seed) for seed in range(batch)]
-    start = time.perf_counter()
-    fit(jobs, device=device, batch_size=batch, compile=compile)
-    return batch / (time.perf_counter() - start)
-
-
-def warm_compile(hidden: int, device: torch.device) -> float:
-    """Seconds to compile the fused step (once per activation; cached on disk afterwards)."""
-    start = time.perf_counter()
-    fit([Job(_config(hidden, 2), 0), Job(_config(hidden, 2), 1)], device=device, batch_size=2, compile=True)
-    return time.perf_counter() - start
-
-
-def engine(device: torch.device, quick: bool) -> dict[str, Any]:
-    """Section 1: the engine against the naive loop, eager and compiled, at several batch sizes."""
-    steps = 300 if quick else 2000
-    repeats = 1 if quick else 3
-    sizes = [64, 256] if quick else [64, 256, 1024]
-    if device.type == "cuda":
-        sizes = [256, 4096, 16384] if quick else [256, 4096, 16384, 65536]
-    naive_models = 2
-    compile_s = warm_compile(4, device)
-    headline = default_batch_size(device)
-    rows = []
-    for hidden in (4, 16):
-        reps_h = repeats if hidden == 4 else 1
-        naive = statistics.median(naive_models_per_s(hidden, steps, naive_models, device) for _ in range(reps_h))
-        for compile in (False, True):
-            # H = 16 is measured at the default batch size only: it keeps `make bench` to minutes.
-            for batch in (sizes if hidden == 4 else [headline]):
-                # The default batch size is the headline and is repeated; the others are measured once.
-                reps = reps_h if batch == headline else 1
-                rate = statistics.median(batched_models_per_s(hidden, steps, batch, device, compile) for _ in range(reps))
-                rows.append({"hidden": hidden, "batch": batch, "compiled": compile, "models_per_s": rate,
-                             "naive_models_per_s": naive, "ratio": rate / naive})
-    head = {c: next(r for r in rows if r["hidden"] == 4 and r["batch"] == headline and r["compiled"] == c)
-            for c in (False, True)}
-    return {"steps": steps, "repeats": repeats, "compile_s": compile_s, "rows": rows, "headline_batch": headline,
-            "h4_eager": head[False], "h4_compiled": head[True]}
+from ..engine import default_batch_size, resolve_device
+from . import bench_engine, bench_second_order
 
 
 class _Clock:
@@ -192,25 +126,10 @@ def end_to_end(device: torch.device, quick: bool) -> dict[str, Any]:
     return out
 
 
-def second_order(quick: bool) -> dict[str, Any] | None:
-    """Section 3: second-order methods against R's nnet (None without that module)."""
-    try:
-        from . import bench_second_order
-    except ImportError:
-        return None
-    return bench_second_order.measure(quick)
-
-
 def _table(result: dict[str, Any]) -> str:
-    lines = [f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, "
-             f"python {result['python']}", "",
-             f"1. Engine: tanh, Adam, {result['engine']['steps']} steps, 1000 points "
-             f"(median of {result['engine']['repeats']} runs at the default batch size and for the naive loop; compile once: "
-             f"{result['engine']['compile_s']:.1f} s)",
-             f"   {'H':>3} {'batch':>6} {'step':>8} {'models/s':>10} {'naive/s':>9} {'ratio':>8}"]
-    for r in result["engine"]["rows"]:
-        lines.append(f"   {r['hidden']:>3} {r['batch']:>6} {'compiled' if r['compiled'] else 'eager':>8} "
-                     f"{r['models_per_s']:>10.1f} {r['naive_models_per_s']:>9.2f} {r['ratio']:>7.1f}x")
+    lines = [f"device {result['device']}, torch {result['torch']}, {result['threads']} threads, python {result['python']}; "
+             f"load average before {result['load_before'][0]:.2f}, after {result['load_after'][0]:.2f}", ""]
+    lines += bench_engine.table(result["engine"])
     e = result["end_to_end"]
     lines += ["", f"2. End to end: spec quick, {e['trials']} trials x {e['seeds']} seeds x {e['steps']} steps, SQLite"]
     for label in ("one_at_a_time", "batched"):
@@ -219,11 +138,12 @@ def _table(result: dict[str, Any]) -> str:
         lines.append(f"   batch {r['batch_size']:>5}: {r['trials_per_s']:7.2f} trials/s, {r['models_per_s']:7.1f} models/s "
                      f"({r['wall_s']:.1f} s; {share})")
     lines.append(f"   ratio {e['ratio']:.1f}x")
-    so = result.get("second_order")
-    if so:
-        lines += ["", "3. Second order", "   " + json.dumps(so, indent=None, default=str)[:2000]]
-    lines += ["", f"engine_ratio {result['engine_ratio']:.1f}x (H=4, batch {result['engine']['headline_batch']}, compiled; "
-                  f"eager {result['engine_ratio_eager']:.1f}x), end_to_end_ratio {result['end_to_end_ratio']:.1f}x"]
+    lines += [""] + bench_second_order.table(result["second_order"])
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    lines += ["", f"engine_vs_reference {fmt(result['engine_vs_reference'], '.1f')}x, limit_share "
+                  f"{fmt(result['limit_share'], '.0%')}, engine_ratio {result['engine_ratio']:.1f}x, "
+                  f"end_to_end_ratio {result['end_to_end_ratio']:.1f}x, bfgs_vs_r {fmt(result['bfgs_vs_r'], '.3f')}, "
+                  f"lm_vs_r {fmt(result['lm_vs_r'], '.3f')}"]
     return "\n".join(lines)
 
 
@@ -244,15 +164,17 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"device": str(device), "torch": torch.__version__, "optuna": optuna.__version__,
                               "python": platform.python_version(), "threads": torch.get_num_threads(),
-                              "cpus": os.cpu_count(), "quick": args.quick,
+                              "cpus": os.cpu_count(), "quick": args.quick, "load_before": os.getloadavg(),
                               "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
-    result["engine"] = engine(device, args.quick)
+    result["engine"] = bench_engine.measure(device, args.quick)
     result["end_to_end"] = end_to_end(device, args.quick)
-    result["second_order"] = second_order(args.quick)
-    # The headline: H = 4 at the default batch size, compiled (the fastest path; eager beside it).
-    result["engine_ratio"] = result["engine"]["h4_compiled"]["ratio"]
-    result["engine_ratio_eager"] = result["engine"]["h4_eager"]["ratio"]
+    result["second_order"] = bench_second_order.measure(args.quick)
+    result["load_after"] = os.getloadavg()
+    for key in ("engine_vs_reference", "limit_share", "engine_ratio"):
+        result[key] = result["engine"].get(key)
     result["end_to_end_ratio"] = result["end_to_end"]["ratio"]
+    result["bfgs_vs_r"] = result["second_order"]["bfgs_vs_r"]
+    result["lm_vs_r"] = result["second_order"]["lm_vs_r"]
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     print(_table(result))
     print(f"\nwrote {args.out}")

@@ -7,8 +7,9 @@ exactly our points, and runs `sweeps/tools/r/nnet_reference.R` through `Rscript`
 R's `set.seed(seed)` (nnet's own U(-0.7, 0.7) initial weights), timing each call. With
 `--same-init` it starts R from this project's `nnet`-init weights of each seed instead, so both
 implementations start from the same point. The CSV has one row per fit: data, seed, test_mse,
-train_mse, seconds, iterations, convergence, value, wts. `--storage` also records the table as
-study `nnet-reference` (one trial per data set, value = median test MSE), replaced on each run.
+train_mse, seconds, cpu_seconds, iterations, convergence, value, wts. `--storage` also records the
+table as study `nnet-reference` (one trial per data set, value = median test MSE), replaced on
+each run.
 
 Without `Rscript` (or without R's nnet package) it prints how to install them and exits 2;
 nothing else in the project depends on R.
@@ -44,7 +45,8 @@ INSTALL_HINT = ("Rscript with R's nnet package is needed: on Debian/Ubuntu "
 DATASETS = ("r50", "uniform1000", "grid1000")
 DEFAULT_OUT = "studies/nnet_reference.csv"
 STUDY = "nnet-reference"
-COLUMNS = ("data", "seed", "test_mse", "train_mse", "seconds", "iterations", "convergence", "value", "wts")
+COLUMNS = ("data", "seed", "test_mse", "train_mse", "seconds", "cpu_seconds", "iterations", "convergence", "value",
+           "wts")
 
 
 class RMissing(RuntimeError):
@@ -130,6 +132,7 @@ def run(data_names: Sequence[str] = DATASETS, seeds: Sequence[int] = tuple(range
 def _typed(row: dict[str, str]) -> dict[str, Any]:
     return {"data": row["data"], "seed": int(row["seed"]), "test_mse": float(row["test_mse"]),
             "train_mse": float(row["train_mse"]), "seconds": float(row["seconds"]),
+            "cpu_seconds": float(row.get("cpu_seconds") or "nan"),
             "iterations": int(row["iterations"]), "convergence": int(row["convergence"]),
             "value": float(row["value"]), "wts": row["wts"]}
 

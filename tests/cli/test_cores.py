@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from sweeps.cli import cores
 
@@ -28,17 +29,25 @@ def test_the_share_shrinks_with_workers_and_yields_to_explicit_settings(monkeypa
     assert cores.share() == 3
 
 
-def test_running_workers_are_counted_from_proc():
-    before = cores.sweeps_processes()
-    # Processes whose command line reads like `python -m sweeps worker …` (they only sleep).
-    fakes = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "sweeps", "worker", "x"])
-             for _ in range(2)]
+def test_running_workers_are_counted_from_proc(tmp_path):
+    # A /proc of its own: other processes on a shared machine come and go.
+    for pid, argv in ((1, ["/sbin/init"]), (20, ["/venv/bin/python", "-m", "sweeps", "worker", "default"]),
+                      (21, ["/venv/bin/sweeps", "run", "quick"]), (22, ["/venv/bin/python", "-m", "sweeps", "list"])):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (tmp_path / "self").mkdir()
+    assert cores.sweeps_processes(tmp_path) == 2
+    assert cores.sweeps_processes(tmp_path / "empty") == 1  # alone, never 0
+
+
+def test_the_real_proc_counts_a_worker():
+    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "sweeps", "worker", "x"])
     try:
         deadline = time.monotonic() + 10
-        while cores.sweeps_processes() < before + 2 and time.monotonic() < deadline:
+        while cores.sweeps_processes() < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert cores.sweeps_processes() == before + 2
+        assert cores.sweeps_processes() >= 1
+        assert cores._is_sweep((Path("/proc") / str(fake.pid) / "cmdline").read_bytes().decode().split("\0"))
     finally:
-        for p in fakes:
-            p.kill()
-            p.wait()
+        fake.kill()
+        fake.wait()

@@ -1,4 +1,5 @@
-"""The batched optimizers against torch.optim on the same model, and batch independence."""
+"""The batched optimizers against torch.optim on the same model, and batch independence: the
+torch loop (the reference) and the C kernel (the CPU default) alike (`ENGINES`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from sweeps.engine import data as datasets
 from sweeps.engine.model import Layout, init_one
 from sweeps.engine.fit import fit, fit_batch
 from sweeps.engine.jobs import Job
+from sweeps.engine import first_order_native
 from kit import config
+
+ENGINES = ["torch", "native"]
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request):
+    """Each test runs on both engines; the native one is skipped where its kernel does not build."""
+    if request.param == "native" and not first_order_native.available()[0]:
+        pytest.skip(f"native kernel unavailable: {first_order_native.available()[1]}")
+    return request.param
 
 TORCH_ACT = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
              "softplus": F.softplus, "sin": torch.sin}
@@ -67,11 +79,11 @@ CASES = [
 
 
 @pytest.mark.parametrize("optimizer,activation,bias,lr,loss", CASES)
-def test_batch_of_one_matches_torch_optim(optimizer, activation, bias, lr, loss):
+def test_batch_of_one_matches_torch_optim(optimizer, activation, bias, lr, loss, engine):
     cfg = config(hidden=4, optimizer=optimizer, activation=activation, bias=bias, lr=lr, loss=loss,
                  data="r50", steps=150, precision="float64")
     data = datasets.make("r50")
-    (res,) = fit_batch([Job(cfg, 11)], data, torch.device("cpu"))
+    (res,) = fit_batch([Job(cfg, 11)], data, torch.device("cpu"), engine=engine)
     ref_params, ref_test = torch_optim_trajectory(cfg, 11, 150, data)
     torch.testing.assert_close(torch.tensor(res.params, dtype=torch.float64), ref_params, rtol=1e-9, atol=1e-11)
     assert math.isclose(res.test_mse, ref_test, rel_tol=1e-8)
@@ -86,10 +98,10 @@ def _mixed_jobs(optimizer):
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "rmsprop"])
-def test_each_member_of_a_mixed_batch_matches_training_alone(optimizer):
+def test_each_member_of_a_mixed_batch_matches_training_alone(optimizer, engine):
     jobs = _mixed_jobs(optimizer)
-    together = fit(jobs, device=torch.device("cpu"), batch_size=len(jobs))
-    alone = fit(jobs, device=torch.device("cpu"), batch_size=1)
+    together = fit(jobs, device=torch.device("cpu"), batch_size=len(jobs), engine=engine)
+    alone = fit(jobs, device=torch.device("cpu"), batch_size=1, engine=engine)
     for a, b in zip(together, alone):
         # Padding changes only the order of float64 sums over hidden units.
         torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64), rtol=1e-9, atol=1e-12)
@@ -97,12 +109,12 @@ def test_each_member_of_a_mixed_batch_matches_training_alone(optimizer):
         assert a.steps == b.steps == 120
 
 
-def test_a_diverging_model_does_not_touch_its_batch_mates():
+def test_a_diverging_model_does_not_touch_its_batch_mates(engine):
     jobs = _mixed_jobs("sgd")
     bad = Job(config(hidden=4, bias="both", lr=50.0, optimizer="sgd", activation="tanh", data="r50",
                      steps=120, precision="float64"), 99)
-    clean = fit(jobs, device=torch.device("cpu"), batch_size=16)
-    mixed = fit(jobs[:2] + [bad] + jobs[2:], device=torch.device("cpu"), batch_size=16)
+    clean = fit(jobs, device=torch.device("cpu"), batch_size=16, engine=engine)
+    mixed = fit(jobs[:2] + [bad] + jobs[2:], device=torch.device("cpu"), batch_size=16, engine=engine)
     worst = mixed.pop(2)
     assert worst.diverged and worst.diverged_at is not None and worst.diverged_at < 120
     assert worst.test_mse == math.inf and worst.params is None and worst.steps == worst.diverged_at
@@ -111,15 +123,15 @@ def test_a_diverging_model_does_not_touch_its_batch_mates():
         torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64), rtol=1e-12, atol=1e-14)
 
 
-def test_results_come_back_in_job_order_across_groups():
+def test_results_come_back_in_job_order_across_groups(engine):
     jobs = [Job(config(hidden=h, activation=a, data="r50", steps=20), s)
             for s, (h, a) in enumerate([(8, "tanh"), (2, "relu"), (5, "tanh"), (1, "relu")])]
-    res = fit(jobs, device=torch.device("cpu"), batch_size=2)
+    res = fit(jobs, device=torch.device("cpu"), batch_size=2, engine=engine)
     for job, r in zip(jobs, res):
         assert len(r.params) == Layout(job.config.hidden).width
 
 
-def test_one_batch_of_every_activation_optimizer_and_loss_matches_training_alone():
+def test_one_batch_of_every_activation_optimizer_and_loss_matches_training_alone(engine):
     from itertools import product
 
     combos = list(product(["relu", "tanh", "sigmoid", "gelu", "softplus", "sin"], ["sgd", "momentum", "adam", "rmsprop"]))
@@ -127,8 +139,8 @@ def test_one_batch_of_every_activation_optimizer_and_loss_matches_training_alone
                        lr={"sgd": 1e-4, "momentum": 1e-4, "adam": 1e-2, "rmsprop": 1e-3}[o],
                        loss="sum" if i % 3 else "mean", data="r50", steps=80, precision="float64"), i)
             for i, (a, o) in enumerate(combos)]
-    together = fit(jobs[::-1], device=torch.device("cpu"), batch_size=len(jobs))[::-1]
-    alone = fit(jobs, device=torch.device("cpu"), batch_size=1)
+    together = fit(jobs[::-1], device=torch.device("cpu"), batch_size=len(jobs), engine=engine)[::-1]
+    alone = fit(jobs, device=torch.device("cpu"), batch_size=1, engine=engine)
     for a, b in zip(together, alone):
         assert a.diverged_at == b.diverged_at
         if a.params is not None:
@@ -138,8 +150,8 @@ def test_one_batch_of_every_activation_optimizer_and_loss_matches_training_alone
 
 def test_compiled_step_gives_the_same_numbers():
     jobs = _mixed_jobs("adam")
-    eager = fit(jobs, device=torch.device("cpu"), batch_size=8)
-    fused = fit(jobs, device=torch.device("cpu"), batch_size=8, compile=True)
+    eager = fit(jobs, device=torch.device("cpu"), batch_size=8, engine="torch")
+    fused = fit(jobs, device=torch.device("cpu"), batch_size=8, compile=True)  # auto: compiled torch
     for a, b in zip(eager, fused):
         torch.testing.assert_close(torch.tensor(a.params, dtype=torch.float64), torch.tensor(b.params, dtype=torch.float64),
                                    rtol=1e-9, atol=1e-12)
@@ -156,11 +168,11 @@ class LinearWithInputBias(torch.nn.Linear):
         return super().forward(x) + self._out_bias
 
 
-def test_bias_copies_two_is_the_answers_linear_with_input_bias():
+def test_bias_copies_two_is_the_answers_linear_with_input_bias(engine):
     cfg = config(hidden=4, bias="both", activation="tanh", optimizer="adam", lr=0.01, loss="sum", data="r50",
                  steps=100, precision="float64", bias_copies=2)
     data = datasets.make("r50")
-    (res,) = fit_batch([Job(cfg, 5)], data, torch.device("cpu"))
+    (res,) = fit_batch([Job(cfg, 5)], data, torch.device("cpu"), engine=engine)
     flat, L = init_one(cfg, 5), Layout(4)
     hidden, out = LinearWithInputBias(1, 4), LinearWithInputBias(4, 1)
     with torch.no_grad():

@@ -57,7 +57,7 @@ def test_r_sees_our_points_and_weights():
         model = BatchModel(4, "sigmoid", d.x, d.y, "sum")
         ours = float(model.sse(init_one(c, row["seed"])[None, :])[0]) / d.x.numel()
         assert row["train_mse"] == pytest.approx(ours, rel=1e-12)
-        assert row["iterations"] == 0 and row["seconds"] >= 0
+        assert row["iterations"] == 0 and row["seconds"] >= 0 and row["cpu_seconds"] >= 0
 
 
 @needs_r

@@ -5,7 +5,7 @@
 # columns x, y: the grid the test MSE is taken on), seed, size, maxit, abstol, reltol, and wts
 # (initial weights in nnet's order, space-separated, or empty for nnet's own U(-0.7, 0.7) drawn
 # after set.seed(seed)). OUT.csv gets one row per fit: data, seed, test_mse, train_mse, seconds
-# (the nnet() call alone), iterations (nnet's last reported iteration: it reports every 10th, and
+# (the nnet() call alone; cpu_seconds: its user + system CPU time), iterations (nnet's last reported iteration: it reports every 10th, and
 # maxit when it stops there), convergence (nnet's: 0 converged, 1 maxit reached), value (the
 # fitted criterion, the sum of squared errors), wts (the fitted weights, space-separated).
 suppressPackageStartupMessages(ok <- requireNamespace("nnet", quietly = TRUE))
@@ -34,9 +34,11 @@ for (i in seq_len(nrow(jobs))) {
   args_nnet <- list(x = train$x, y = train$y, size = j$size, maxit = j$maxit, linout = TRUE,
                     abstol = j$abstol, reltol = j$reltol, trace = TRUE)
   if (!is.na(j$wts) && nzchar(j$wts)) args_nnet$Wts <- as.numeric(strsplit(j$wts, " ")[[1]])
-  t0 <- proc.time()[["elapsed"]]
+  t0 <- proc.time()
   trace <- capture.output(nn <- do.call(nnet::nnet, args_nnet))
-  seconds <- proc.time()[["elapsed"]] - t0
+  dt <- proc.time() - t0
+  seconds <- dt[["elapsed"]]
+  cpu_seconds <- dt[["user.self"]] + dt[["sys.self"]]
   reported <- grep("^iter", trace, value = TRUE)
   iterations <- if (nn$convergence == 1) j$maxit else if (length(reported))
     as.integer(sub("^iter *([0-9]+).*", "\\1", tail(reported, 1))) else 0L
@@ -45,7 +47,7 @@ for (i in seq_len(nrow(jobs))) {
     data = j$data, seed = j$seed,
     test_mse = mean((pred - test$y)^2),
     train_mse = mean((nn$fitted.values - train$y)^2),
-    seconds = seconds, iterations = iterations, convergence = nn$convergence,
+    seconds = seconds, cpu_seconds = cpu_seconds, iterations = iterations, convergence = nn$convergence,
     value = nn$value, wts = fmt(nn$wts), stringsAsFactors = FALSE)
 }
 out <- do.call(rbind, rows)
