@@ -75,9 +75,9 @@ def b1_sentence(cells: Cells) -> Sentence | None:
            f"net is then exactly a straight line on (0, 10], and smooth units can bend only near 0, at a scale set "
            f"by their weights, not at the turns of sin(x) ({_link('figure', _fig('b1_kinks'))})")
     if without.high < 0.05 and diff.excludes_zero():
-        head = (f"**A hidden bias b1 is needed.** Without it {any_without} of {n_without} cells fit any seed "
-                f"({_est(without)} of seeds fit); with it {_est(with_b1)}, {diff.percent()} over {diff.cells} "
-                f"matched cells")
+        head = (f"**A hidden bias b1 is needed.** Without it {any_without} of {n_without} cells fit any seed and "
+                f"{_est(without)} of seeds fit; with it {_est(with_b1)} ({diff.percent()} over {diff.cells} "
+                f"matched cells)")
     elif diff.excludes_zero() and diff.value > 0:
         head = (f"**The hidden bias b1 helps**: with it {_est(with_b1)} of seeds fit, without it {_est(without)} "
                 f"({diff.percent()} over {diff.cells} matched cells)")
@@ -105,7 +105,7 @@ def b2_sentence(cells: Cells) -> Sentence | None:
     both = over_cells(*counts(comp[comp["bias"] == "both"]))
     only_b1 = over_cells(*counts(comp[comp["bias"] == "hidden"]))
     if diff.excludes_zero():
-        verb = "raises" if diff.value > 0 else "lowers"
+        verb = ("slightly " if abs(diff.value) < 0.1 else "") + ("raises" if diff.value > 0 else "lowers")
         head = (f"**The output bias b2 {verb} success** once b1 is there: {_est(both)} with both biases against "
                 f"{_est(only_b1)} with b1 alone ({diff.percent()} over {diff.cells} matched cells)")
     else:
@@ -134,10 +134,15 @@ def optimizer_sentence(cells: Cells) -> Sentence | None:
         if opt in FIRST_ORDER and len(budgets) == 2 and budgets[0] < budgets[1]:
             early = over_cells(*counts(grp, f"fit_by_{budgets[0]}"))
             numbers[opt]["by_1000"] = early.as_dict()
-            parts.append(f"`{opt}` {final.percent()} by {budgets[1]:,} steps ({early.percent()} by {budgets[0]:,})")
+            edge = int(grp["lr_at_edge"].sum()) if "lr_at_edge" in grp else 0
+            caveat = f"; its tuned lr is at an end of the grid in {edge} of {len(grp)} cells" if edge else ""
+            numbers[opt]["lr_at_edge"] = edge
+            parts.append(f"`{opt}` {final.percent()} by {budgets[1]:,} steps ({early.percent()} by "
+                         f"{budgets[0]:,}{caveat})")
         else:
-            parts.append(f"`{opt}` {final.percent()} (median {fmt.value(float(grp['median_evals'].median()))} "
-                         f"gradient/Jacobian evaluations, {fmt.seconds(float(grp['seconds_per_fit'].median()))} a fit)")
+            what = "Jacobian" if opt == "lm" else "gradient"
+            parts.append(f"`{opt}` {final.percent()} (median {int(round(float(grp['median_evals'].median()))):,} "
+                         f"{what} evaluations, {fmt.seconds(float(grp['seconds_per_fit'].median()))} a fit)")
     n_act = four["activation"].nunique()
     text = (f"**At four hidden units with both biases** (nnet's network; {n_act} activations' cells as units, 95% "
             f"intervals): " + "; ".join(parts) + f" ({_link('figure', _fig('success_vs_budget'))}, "
@@ -185,16 +190,17 @@ def tanh_sigmoid_sentence(cells: Cells) -> Sentence | None:
         return None
     ka, na, kb, nb = matched(both, "activation", "sigmoid", "tanh", ["optimizer", "hidden"])
     diff = paired(ka, na, kb, nb)
-    identity = ("tanh(z) = 2·sigmoid(2z) − 1, so with both biases every tanh net equals a sigmoid net (weights "
-                "doubled, b2 shifted) and the two represent the same functions: any gap between them is "
-                "optimization, not expressiveness")
+    identity = ("**With both biases, tanh and sigmoid nets represent the same functions** (tanh(z) = "
+                "2·sigmoid(2z) − 1: weights doubled, b2 shifted), so any gap between them is optimization, not "
+                "expressiveness")
     if diff.excludes_zero():
         who = "tanh" if diff.value > 0 else "sigmoid"
-        gap = f"here {who} fits more often ({diff.percent()} tanh minus sigmoid over {diff.cells} matched cells)"
+        size = "slightly " if abs(diff.value) < 0.1 else ""
+        gap = f"here {who} fits {size}more often ({diff.percent()} tanh minus sigmoid over {diff.cells} matched cells)"
     else:
         gap = f"here no gap is detected ({diff.percent()} tanh minus sigmoid over {diff.cells} matched cells)"
-    return Sentence("tanh_sigmoid", f"**{identity[0].upper() + identity[1:]}**; {gap} "
-                    f"({_link('cells', CELLS_CSV)}).", {"difference": diff.as_dict()}, [CELLS_CSV])
+    return Sentence("tanh_sigmoid", f"{identity}; {gap} ({_link('cells', CELLS_CSV)}).",
+                    {"difference": diff.as_dict()}, [CELLS_CSV])
 
 
 def _reliable(frame: pd.DataFrame, z: float | None = None) -> pd.Series:

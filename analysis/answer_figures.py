@@ -46,13 +46,16 @@ def b1_kinks(data: StudyData, cells: Cells) -> Maker:
     """Unit by unit: a fitted net without b1 (kinks/centres at 0) beside one with b1."""
     def draw_it(out: Path) -> FigureRef | None:
         comp = comparison(cells.frame)
-        pick = []
-        for has in (False, True):
-            grp = comp[(comp["bias"].isin(("hidden", "both")) == has) & (comp["hidden"] == FOUR)]
-            grp = grp[grp["activation"] == "relu"] if (grp["activation"] == "relu").any() else grp
-            if grp.empty:
-                return None
-            pick.append(grp.sort_values(["fits", "median_mse"], ascending=[False, True]).iloc[0])
+        # The best cell with both biases at four units, and the same cell without b1 (bias = output).
+        four = comp[(comp["hidden"] == FOUR) & (comp["bias"] == "both")]
+        if four.empty:
+            return None
+        best = four.sort_values(["fits", "median_mse"], ascending=[False, True]).iloc[0]
+        same = comp[(comp["hidden"] == FOUR) & (comp["bias"] == "output") & (comp["activation"] == best["activation"])
+                    & (comp["optimizer"] == best["optimizer"])]
+        if same.empty:
+            return None
+        pick = [same.iloc[0], best]
         x = torch.linspace(-2.0, 10.0, 601, dtype=torch.float64)
         with style():
             fig = Figure(figsize=(11.0, 4.2), layout="constrained")

@@ -150,6 +150,8 @@ def sections(data: StudyData, ablation: StudyData | None, out: Path) -> tuple[li
         tables.append(cell_display(frame, "ablation", "The ablation, row by row",
                                    "Each row names its one change; confirmation seeds (Wilson interval)."))
         tables[-1].data = frame[[c for c in ABLATION_COLUMNS if c in frame]]
+    if main is not None:
+        tables.append(design_checks(data, main))
     intro = [Bullets([s.text for s in sentences])]
     body = [Section("The answer", intro),
             Section("The design", [Bullets(design_text(data, cells))]),
@@ -159,6 +161,38 @@ def sections(data: StudyData, ablation: StudyData | None, out: Path) -> tuple[li
                           + ("[ablation.csv](tables/ablation.csv), " if abl is not None else "")
                           + "[answer.json](answer.json), every trial in [trials.csv](tables/trials.csv).")])]
     return body, tables, {"study": data.name, "sentences": [s.as_dict() for s in sentences]}
+
+
+def design_checks(data: StudyData, cells: Cells) -> Table:
+    """What could mislead a reader of a designed study: unconfirmed cells, learning rates at an end
+    of the tuning grid (a better one may lie outside it), diverged seeds, mixed provenance."""
+    frame, rows = cells.frame, []
+    rows.append(("unconfirmed cells", "warning" if cells.pending else "ok",
+                 f"{cells.pending} cells have no confirmation yet" if cells.pending else
+                 f"all {len(frame)} cells confirmed"))
+    if len(frame) and "lr_at_edge" in frame:
+        tuned = frame[frame["lrs_tried"] > 0]
+        edge = tuned[tuned["lr_at_edge"]]
+        per = ", ".join(f"{o} {int((edge['optimizer'] == o).sum())}/{int((tuned['optimizer'] == o).sum())}"
+                        for o in OPTIMIZERS if (tuned["optimizer"] == o).any())
+        rows.append(("learning rate at an end of the grid", "warning" if len(edge) else "ok",
+                     f"{len(edge)} of {len(tuned)} tuned cells chose the smallest or largest lr tried ({per}); "
+                     f"a value outside the grid might do better there, so their rates are lower bounds of what "
+                     f"tuning could reach"))
+    fin = data.finished
+    for phase, what in (("tune", "tuning"), ("confirm", "confirmation")):
+        part = fin[fin["phase"] == phase]
+        seeds, div = int(part["n_seeds"].sum()), int(part["n_diverged"].sum())
+        if seeds:
+            rows.append((f"diverged seeds ({what})", "note" if phase == "tune" or div / seeds < 0.2 else "warning",
+                         f"{div} of {seeds} {what} seeds diverged ({fmt.pct(div / seeds)})"))
+    for col, what in (("device", "devices"), ("torch", "torch versions"), ("spec_hash", "spec hashes")):
+        values = fin[col].dropna().unique()
+        if len(values) > 1:
+            rows.append((f"provenance: {col}", "warning" if col == "spec_hash" else "note",
+                         f"trials ran with several {what}: {', '.join(map(str, values))}"))
+    raw = pd.DataFrame(rows, columns=["check", "status", "finding"])
+    return Table("checks", "What could mislead", "Checks of the design's data.", raw, raw)
 
 
 def _changes(data: StudyData, trial: int) -> dict:

@@ -46,8 +46,8 @@ class Estimate:
         if math.isnan(self.value):
             return "–"
         if self.unit.startswith("difference"):
-            return f"{100 * self.value:+.0f} points [{100 * self.low:+.0f}, {100 * self.high:+.0f}]"
-        return f"{100 * self.value:.0f}% [{100 * self.low:.0f}, {100 * self.high:.0f}]"
+            return f"{_pts(self.value)} points [{_pts(self.low)}, {_pts(self.high)}]"
+        return f"{_pc(self.value)}% [{_pc(self.low)}, {_pc(self.high)}]"
 
     def excludes_zero(self) -> bool:
         """Whether the interval lies on one side of 0 (a difference that the data shows)."""
@@ -56,6 +56,17 @@ class Estimate:
     def as_dict(self) -> dict[str, float | int | str]:
         return {"value": self.value, "low": self.low, "high": self.high, "unit": self.unit, "cells": self.cells,
                 "seeds": self.seeds, "fits": self.fits}
+
+
+def _pc(x: float) -> str:
+    """A share in percent: whole numbers, one decimal between 0 and 1% (0.4% is not 0%)."""
+    v = 100 * x
+    return f"{v:.1f}" if 0 < v < 1 else f"{v:.0f}"
+
+
+def _pts(x: float) -> str:
+    v = 100 * x
+    return f"{v:+.1f}" if 0 < abs(v) < 1 else f"{v:+.0f}"
 
 
 def one_cell(k: int, n: int) -> Estimate:
