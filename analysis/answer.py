@@ -168,7 +168,10 @@ def smallest_sentence(cells: Cells) -> Sentence | None:
                 found = (h, ok.sort_values(["low", "median_mse"], ascending=[False, True]).iloc[0], len(at))
                 break
         if found is None:
-            parts.append(f"{act} at no size tried (up to {int(grp['hidden'].max())})")
+            best = grp.sort_values(["median_mse", "fits"], ascending=[True, False]).iloc[0]
+            parts.append(f"{act} at no size tried (up to {int(grp['hidden'].max())}; its best cell, `{best['optimizer']}` "
+                         f"at {int(best['hidden'])} units, bias {best['bias']}, reaches a median MSE of "
+                         f"{fmt.mse(best['median_mse'])} with {int(best['fits'])}/{int(best['seeds'])} seeds fit)")
             numbers[act] = None
         else:
             h, best, m = found
