@@ -213,11 +213,6 @@ def _reliable(frame: pd.DataFrame, z: float | None = None) -> pd.Series:
     return pd.Series(low > RELIABLE, index=frame.index)
 
 
-def _fails(frame: pd.DataFrame) -> pd.Series:
-    """Rows that fit no seed at all."""
-    return frame["fits"] == 0
-
-
 def ablation_sentence(ablation: Cells | None) -> Sentence:
     """Why the question's program fails and which single change helps most (from the ablation)."""
     if ablation is None or ablation.frame.empty:
@@ -260,7 +255,7 @@ def ablation_sentence(ablation: Cells | None) -> Sentence:
             text += "; even the path to nnet's call never fits reliably"
     back = frame[frame["ladder"] == "remove from nnet"]
     if len(back):
-        broken = back[_fails(back)]["cell"].tolist()
+        broken = back[back["fits"] == 0]["cell"].tolist()
         kept = back[_reliable(back)]["cell"].tolist()
         numbers.update({"removals_that_break_nnet": broken, "removals_nnet_survives": kept})
         if broken:

@@ -51,11 +51,11 @@ def b1_kinks(data: StudyData, cells: Cells) -> Maker:
         if four.empty:
             return None
         best = four.sort_values(["fits", "median_mse"], ascending=[False, True]).iloc[0]
-        same = comp[(comp["hidden"] == FOUR) & (comp["bias"] == "output") & (comp["activation"] == best["activation"])
-                    & (comp["optimizer"] == best["optimizer"])]
+        same = comp[(comp["hidden"] == FOUR) & comp["bias"].isin(("output", "none"))
+                    & (comp["activation"] == best["activation"]) & (comp["optimizer"] == best["optimizer"])]
         if same.empty:
             return None
-        pick = [same.iloc[0], best]
+        pick = [same.sort_values("bias", key=lambda b: b != "output").iloc[0], best]  # b2 kept where it can be
         x = torch.linspace(-2.0, 10.0, 601, dtype=torch.float64)
         with style():
             fig = Figure(figsize=(11.0, 4.2), layout="constrained")

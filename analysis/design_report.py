@@ -56,8 +56,7 @@ def design_text(data: StudyData, cells: Cells) -> list[str]:
                      f"(then with the lowest median MSE) is confirmed.")
     fixed = {k: v for k, v in (data.spec.get("fixed") or {}).items() if k not in crossed and k != tuned}
     if fixed:
-        items.append("**Fixed**: " + ", ".join(f"`{k}={fmt.lr(v) if k == 'lr' else fmt.value(v)}`"
-                                               for k, v in fixed.items()) + ".")
+        items.append("**Fixed**: " + fmt.settings(fixed, data.finished["optimizer"].unique()) + ".")
     control = design.get("control") or {}
     if control:
         items.append("**Control arm**: " + ", ".join(f"{k} in {{{', '.join(map(str, v))}}}" for k, v in control.items())

@@ -25,6 +25,9 @@ KEY_ORDER = ("bias", "activation", "optimizer", "hidden", "lr", "data", "loss", 
              "precision", "bias_copies", "abstol", "reltol")
 BIN_OF = {"hidden": HIDDEN_BIN, "lr": LR_BIN}
 TOP = 10
+UNUSED = "unused"  # a row's setting that its optimizer ignores (fmt.UNUSED_BY)
+UNUSED_NOTE = ("'unused': the row's optimizer ignores that setting (bfgs and lm have no learning rate and always "
+               "compute in float64; first-order optimizers have no stopping tolerances).")
 
 
 @dataclass
@@ -73,7 +76,18 @@ def cell_table(data: StudyData, by: list[str], name: str, title: str) -> Table:
                f"'seeds fit' pools every seed of the cell's trials (95% Wilson interval). Median and best MSE are "
                f"over the trials' median-over-seeds values; 'inf' means at least half the seeds diverged. "
                f"Cells with fewer than {THIN} trials support no claim.")
+    ignored = sorted({o for o in fin.get("optimizer", pd.Series(dtype=object)).dropna() if not fmt.used("lr", o)})
+    if "lr" in by and ignored:
+        caption += (f" {'/'.join(ignored)} have no learning rate: their trials sit in the decade of the lr the "
+                    f"sampler drew, which they ignore.")
     return Table(name, title, caption, raw, shown)
+
+
+def _setting(row: pd.Series, key: str) -> str:
+    """A row's value of `key` as shown, or 'unused' where its optimizer ignores the setting."""
+    if not fmt.used(key, row.get("optimizer")):
+        return UNUSED
+    return fmt.lr(row[key]) if key == "lr" else fmt.value(row[key])
 
 
 def top_table(data: StudyData, keys: list[str]) -> Table:
@@ -85,11 +99,13 @@ def top_table(data: StudyData, keys: list[str]) -> Table:
                           "seeds fit": [f"{s}/{n}" for s, n in zip(fin["n_success"], fin["n_seeds"])],
                           "params": fin["n_params"].map(fmt.value)})
     for k in keys:
-        shown[k] = fin[k].map(fmt.lr if k == "lr" else fmt.value)
+        shown[k] = [_setting(row, k) for _, row in fin.iterrows()]
     shown["train time"] = fin["wall_time_s"].map(fmt.seconds)
     fixed = fixed_settings(data)
+    optimizers = fin["optimizer"].dropna().tolist() if "optimizer" in fin else []
     caption = ("The ten best finished trials by median test MSE over seeds. Train time is the trial's share of "
-               "its batch's wall time." + (f" Fixed in this study: {fmt.config(fixed, list(fixed))}." if fixed else ""))
+               "its batch's wall time." + (f" Fixed in this study: {fmt.settings(fixed, optimizers)}." if fixed else "")
+               + (f" {UNUSED_NOTE}" if any(UNUSED in shown[k].values for k in keys) else ""))
     return Table("top10", f"Top {TOP} configurations", caption, raw.reset_index(drop=True), shown.reset_index(drop=True))
 
 
@@ -133,14 +149,14 @@ def programs_table(replay: StudyData) -> Table:
     for k in labels:
         shown[k] = raw[k].map(fmt.value)
     for k in KEY_ORDER:
-        shown[k] = raw[k].map(fmt.lr if k == "lr" else fmt.value)
+        shown[k] = [_setting(row, k) for _, row in raw.iterrows()]
     shown["median MSE"] = [fmt.mse(v) if f else f"({s.lower()})"
                            for v, f, s in zip(raw["value"], trials["finished"], raw["state"])]
     shown["seeds fit [95% CI]"] = [f"{s}/{n}: {fmt.rate_ci(r, lo, hi)}" for s, n, r, lo, hi in
                                    zip(raw["n_success"], raw["n_seeds"], raw["success_rate"], low, high)]
     shown["params"] = raw["n_params"].map(fmt.value)
     caption = (f"Every trial of study `{replay.name}`: the question's programs (and nnet's recipe) run as fixed "
-               f"trials. Success: test MSE under {fmt.mse(replay.threshold)} per seed, 95% Wilson interval.")
+               f"trials. Success: test MSE under {fmt.mse(replay.threshold)} per seed, 95% Wilson interval. {UNUSED_NOTE}")
     return Table("question_programs", "The question's programs side by side", caption,
                  raw.reset_index(drop=True), shown.reset_index(drop=True))
 

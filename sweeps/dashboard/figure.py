@@ -14,7 +14,7 @@ from analysis.curves import draw
 
 from ..engine import data as datasets
 from ..study.record import read
-from .notes import config_line, num, pct
+from .notes import config_line, num
 
 
 def render_fit(trial: FrozenTrial, data_seed: int) -> bytes | None:
@@ -33,8 +33,9 @@ def render_fit(trial: FrozenTrial, data_seed: int) -> bytes | None:
     ax = fig.add_subplot()
     draw(ax, record.fit, datasets.make(record.config["data"], data_seed), "C0")
     n_div = sum(p is None for p in record.fit.params)
-    ax.set_title(f"trial {trial.number}: {config_line(record.config)}\nmedian test MSE {num(trial.value)}, "
-                 f"success {pct(record.success_rate)}"
+    n = len(record.seeds.test_mse)
+    fits = f"{round((record.success_rate or 0.0) * n)}/{n} seeds fit" if n else "seeds fit: -"
+    ax.set_title(f"trial {trial.number}: {config_line(record.config)}\nmedian test MSE {num(trial.value)}, {fits}"
                  + (f", {n_div} of {len(record.fit.params)} seeds diverged" if n_div else ""), fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.subplots_adjust(left=0.07, right=0.72, top=0.87, bottom=0.12)  # fixed: tight_layout draws twice

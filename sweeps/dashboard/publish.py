@@ -2,39 +2,44 @@
 
 `publish(study, spec, artifact_dir)` runs at the end of a sweep run (`sweeps run`/`worker`). It
 
-- draws, for the best COMPLETE trial of each bias placement, the fitted curves of all its seeds
-  from the stored parameters (no retraining) over [0, 10] with sin(x) and the training points,
-  and uploads the PNG to Optuna's artifact store under `artifact_dir` (`studies/artifacts/` for
-  the default storage) as a *study* artifact named `fit-bias-<bias>-trial-<n>.png`;
-- writes that trial's dashboard note showing the figure, so clicking the trial shows its fit (a
-  note written by hand is never replaced);
-- rewrites the study's dashboard note: the spec, the budget, the current best and a table of the
-  best trial per bias placement with their figures.
+- finds the trials that answer the question (`cited`): for a designed study the confirmation
+  trials behind the answer's sentences, otherwise the best trial of each bias placement among
+  non-control units and the control's best apart;
+- draws, for each, the fitted curves of all its seeds from the stored parameters (no retraining)
+  over [0, 10] with sin(x) and the training points, and uploads the PNG to Optuna's artifact store
+  under `artifact_dir` (`studies/artifacts/` for the default storage) as a *study* artifact named
+  `fit-bias-<bias>-trial-<n>.png`;
+- writes that trial's dashboard note: why it is cited, its numbers and its figure (a note written
+  by hand is never replaced); a trial cited earlier but no more gets its note headed so;
+- rewrites the study's dashboard note (`notes`): the spec (a table and its TOML text), the budget,
+  where the report is, and the answer's sentences or the best per bias placement, with links to
+  the cited trials and their figures.
 
 Optuna refuses system attributes on finished trials (`UpdateFinishedTrialError`), so a figure
 cannot be attached to a finished trial itself; the study artifact plus the trial note is the
 public-API way to show it on the trial's page. Figures already uploaded (same file name) are
-reused, so calling this after every run uploads only the placements whose best trial changed.
+reused, so calling this after every run draws only the trials newly cited.
 """
 
 from __future__ import annotations
 
-import math
+import re
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, get_all_artifact_meta, upload_artifact
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
-from ..config import BIASES
 from ..study import rdb
 from ..study.errors import sqlite_path
 from ..study.record import read
 from ..study.spec import Spec
+from . import cited as citing
 from .figure import render_fit
-from .notes import study_note, trial_note, trial_note_heading
+from .notes import design_note, is_ours, retired_heading, study_note, trial_note
+
+best_by_bias = citing.best_by_bias  # where tests and tools have always found it
 
 
 def artifact_dir_for(storage_url: str) -> Path:
@@ -48,52 +53,64 @@ def figure_name(trial: FrozenTrial) -> str:
     return f"fit-bias-{read(trial).bias or 'unknown'}-trial-{trial.number}.png"
 
 
-def best_by_bias(trials: Iterable[FrozenTrial]) -> dict[str, FrozenTrial]:
-    """The best COMPLETE trial of each bias placement present, in the order none/hidden/output/both."""
-    best: dict[str, FrozenTrial] = {}
-    for t in trials:
-        bias = read(t).bias
-        if t.state != TrialState.COMPLETE or t.value is None or math.isnan(t.value) or bias is None:
-            continue
-        if bias not in best or t.value < best[bias].value:  # type: ignore[operator]
-            best[bias] = t
-    order = {b: i for i, b in enumerate(BIASES)}
-    return dict(sorted(best.items(), key=lambda kv: order.get(kv[0], len(order))))
-
-
 def publish(study: optuna.Study, spec: Spec, artifact_dir: Path, *, budget: int | None = None) -> None:
-    """Upload missing fit figures and rewrite the study note (see the module docstring).
-
-    `budget` is the run's trial budget when it differs from the spec's (`--trials`).
-    """
+    """Upload missing fit figures, write the cited trials' notes and the study note (see the module
+    docstring). `budget` is the run's trial budget when it differs from the spec's (`--trials`)."""
     from optuna_dashboard import get_note, save_note
 
     trials = study.get_trials(deepcopy=False)
-    best = best_by_bias(trials)
+    found = citing.designed(study) if spec.sampler == "design" else None
+    cited = found.cited if found is not None else citing.searched(trials)
     artifact_dir = Path(artifact_dir)
     artifact_dir.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(artifact_dir)
     have = {m.filename: m.artifact_id for m in get_all_artifact_meta(study)
             if (artifact_dir / m.artifact_id).is_file()}  # a figure whose file was removed is redrawn
     notes = _note_handle(study)
-    figures: dict[str, str] = {}
-    for bias, trial in best.items():
-        name = figure_name(trial)
-        artifact_id = have.get(name)
-        if artifact_id is None:
-            png = render_fit(trial, spec.data_seed)
-            if png is None:
-                continue
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / name
-                path.write_bytes(png)
-                artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
-        figures[bias] = artifact_id
+    figures: dict[int, str] = {}
+    for c in cited:
+        trial = c.trial
+        artifact_id = have.get(figure_name(trial)) or _upload(store, study, trial, spec.data_seed)
+        if artifact_id is not None:
+            figures[trial.number] = artifact_id
         handle = rdb.trial_handle(notes, rdb.trial_id(trial))
-        current = get_note(handle)  # a note someone wrote by hand is left alone
-        if not current or (current.startswith(trial_note_heading(trial)) and artifact_id not in current):
-            save_note(handle, trial_note(study, trial, bias, artifact_id))
-    save_note(study, study_note(study, spec, trials, best, figures, budget))
+        current = get_note(handle)
+        text = trial_note(study, c, artifact_id)
+        if not current or (is_ours(current, trial) and current != text):  # a note written by hand is left alone
+            save_note(handle, text)
+    _retire(study, notes, trials, have, {c.trial.number for c in cited})
+    if found is not None:
+        save_note(study, design_note(study, spec, trials, found, figures, budget))
+    else:
+        save_note(study, study_note(study, spec, trials, cited, figures, budget))
+
+
+def _retire(study: optuna.Study, notes: optuna.Study, trials: list[FrozenTrial], have: dict[str, str],
+            cited: set[int]) -> None:
+    """Trials drawn earlier (their figure is in the store) but cited no more: their notes say so."""
+    from optuna_dashboard import get_note, save_note
+
+    by_number = {t.number: t for t in trials}
+    for name in have:
+        m = re.fullmatch(r"fit-bias-.+-trial-(\d+)\.png", name)
+        trial = by_number.get(int(m.group(1))) if m else None
+        if trial is None or trial.number in cited:
+            continue
+        handle = rdb.trial_handle(notes, rdb.trial_id(trial))
+        current = get_note(handle)
+        if current and is_ours(current, trial) and not current.startswith(retired_heading(trial)):
+            save_note(handle, retired_heading(trial) + "\n" + current.partition("\n")[2])
+
+
+def _upload(store: FileSystemArtifactStore, study: optuna.Study, trial: FrozenTrial, data_seed: int) -> str | None:
+    """Draw a trial's fit figure and upload it as a study artifact; its id (None: nothing to draw)."""
+    png = render_fit(trial, data_seed)
+    if png is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / figure_name(trial)
+        path.write_bytes(png)
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
 
 
 def _note_handle(study: optuna.Study) -> optuna.Study:
@@ -104,8 +121,6 @@ def _note_handle(study: optuna.Study) -> optuna.Study:
     """
     return optuna.load_study(study_name=study.study_name, storage=rdb.storage_of(study),
                              sampler=optuna.samplers.RandomSampler())
-
-
 
 
 def publish_run(storage: optuna.storages.BaseStorage, url: str, study_name: str, spec: Spec,

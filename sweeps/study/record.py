@@ -15,10 +15,15 @@ where most seeds diverge is worse than any that fit). Its user attributes:
   [w1|b1|w2|b2], None where diverged), the `median_seed` and its learning `curve`;
 - `run`: device, versions, host, spec name and hash, batch size, start time, wall times;
 - `fail_reason` on FAIL trials (`diverged` when every seed did; `interrupted`, `stale`, an error),
-  `retry_of` on a retry (the number of the failed trial it redoes).
+  `retry_of` on a retry (the number of the failed trial it redoes);
+- flat, short copies for tables that show attributes as columns (optuna-dashboard's): `seeds_fit`
+  ("12/16"), `median_test_mse`, `best_test_mse`, `evals_median`, `seconds_per_fit_s`,
+  `trial_wall_s`, `device`; a designed study's trials also `phase` and `cell_label`
+  (`design_attrs`). Readers use the structured attributes above; these are for people.
 
-A study carries `spec` (the spec it was made from, as a table), `space_hash` (its identity: a
-changed space is refused) and `opens` (how often it was opened: seeds each opening's sampler).
+A study carries `spec` (the spec it was made from, as a table), `spec_toml` (the spec file's text,
+headed by what `--set` changed, if anything), `space_hash` (its identity: a changed space is
+refused) and `opens` (how often it was opened: seeds each opening's sampler).
 
 `summarise` writes a record from the engine's results; `read` gives any consumer (report,
 dashboard, `sweeps show`, the R reference) a typed view of a stored trial, so that no other module
@@ -30,12 +35,14 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
@@ -49,7 +56,10 @@ FAIL_DETAIL = "fail_detail"
 DIVERGED = "diverged"
 INTERRUPTED = "interrupted"
 RETRY_OF = "retry_of"  # user attribute of a retry: the number of the failed trial it redoes
-SPEC, SPACE_HASH, OPENS = "spec", "space_hash", "opens"  # study user attributes
+SPEC, SPACE_HASH, OPENS, SPEC_TOML = "spec", "space_hash", "opens", "spec_toml"  # study user attributes
+# Flat copies of a trial's numbers, short enough for a table column (units in the names).
+FLAT = ("seeds_fit", "median_test_mse", "best_test_mse", "evals_median", "seconds_per_fit_s", "trial_wall_s",
+        "device", "phase", "cell_label")
 CELL = "cell"  # a designed study's trial: its cell (label, control arm, ladder, changes, tuned)
 TUNED_FROM = "tuned_from"  # a confirmation: [lr, seeds fit, median MSE, trial number] of each tuning trial
 
@@ -113,11 +123,38 @@ def summarise(config: Config, seeds: Sequence[int], results: Sequence[Result], *
         },
         "run": run,
     }
+    attrs.update(_flat(mses, successes, results, run))
     if diverged == n:
         attrs[FAIL_REASON] = DIVERGED
         attrs[FAIL_DETAIL] = f"all {n} seeds diverged"
         return TrialOutcome(None, attrs[FAIL_DETAIL], attrs)
     return TrialOutcome(statistics.median(mses), None, attrs)
+
+
+def _flat(mses: Sequence[float], successes: int, results: Sequence[Result], run: dict[str, Any]) -> dict[str, Any]:
+    """The flat, short attributes of a trial (see the module docstring); inf is stored as null."""
+    finite = [m for m in mses if math.isfinite(m)]
+    evals = [r.evals for r in results if r.evals is not None]
+    seconds = [r.seconds for r in results if r.seconds is not None and math.isfinite(r.seconds)]
+    wall = run.get("wall_time_s")
+    return {
+        "seeds_fit": f"{successes}/{len(mses)}",
+        "median_test_mse": short(statistics.median(mses), 4) if mses else None,
+        "best_test_mse": short(min(finite), 4) if finite else None,
+        "evals_median": statistics.median(evals) if evals else None,
+        "seconds_per_fit_s": short(statistics.median(seconds), 3) if seconds else None,
+        "trial_wall_s": short(float(wall), 3) if isinstance(wall, (int, float)) else None,
+        "device": run.get("device"),
+    }
+
+
+def design_attrs(cell: dict[str, Any], phase: str) -> dict[str, Any]:
+    """The flat attributes of a designed study's trial: its `phase` (tune/confirm) and `cell_label`.
+
+    Meant to be merged into the trial's attributes beside `CELL` (the structured cell) where the
+    designed study's work is planned.
+    """
+    return {"phase": phase, "cell_label": str(cell.get("label") or "")[:80]}
 
 
 def short(x: float, digits: int = 8) -> float:
@@ -168,7 +205,65 @@ def study_attrs(spec: Spec) -> dict[str, Any]:
                "space": {k: {kk: vv for kk, vv in vars(d).items() if vv is not None} for k, d in spec.space.items()},
                **({"design": spec.design.identity()} if spec.design is not None else {})},
         SPACE_HASH: spec.space_hash(),
+        SPEC_TOML: spec_toml(spec),
     }
+
+
+def spec_toml(spec: Spec) -> str:
+    """The spec as TOML text: its file, headed by comments naming what `--set` changed (if anything).
+
+    The file is re-read and re-parsed without overrides; every setting where the spec that ran
+    differs from it is listed, so that the text never claims a run that did not happen.
+    """
+    from .spec import load
+    from .validator import SpecError
+
+    try:
+        text = Path(spec.path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return (f"# {spec.path} could not be read when this study was made ({exc.__class__.__name__}); "
+                f"the study's `spec` attribute holds what ran.\n")
+    try:
+        changed = _differences(spec, load(spec.path))
+    except SpecError as exc:
+        changed = [f"(could not compare with the file: {exc})"]
+    if not changed:
+        return text
+    head = [f"# Ran with --set overrides: the study differs from {Path(spec.path).name} below in", "#"]
+    head += [f"#   {line}" for line in changed]
+    return "\n".join(head + ["#", ""]) + text
+
+
+def _differences(ran: Spec, file: Spec) -> list[str]:
+    """'section.key = value (the file: value)' for every setting where `ran` differs from `file`."""
+    def show(value: Any) -> str:
+        return json.dumps(value, default=str)
+
+    out = []
+    for key in ("name", "description", "sampler", "trials", "seeds", "seed", "data_seed", "success_threshold",
+                "storage"):
+        if getattr(ran, key) != getattr(file, key):
+            out.append(f"study.{key} = {show(getattr(ran, key))} (the file: {show(getattr(file, key))})")
+    for key in sorted(set(ran.fixed) | set(file.fixed)):
+        a, b = ran.fixed.get(key), file.fixed.get(key)
+        if a != b:
+            was = "searched" if key in file.space else show(b)
+            out.append(f"fixed.{key} = {show(a)} (the file: {was})" if key in ran.fixed
+                       else f"fixed.{key}: not fixed (the file: {was})")
+    for key in sorted(set(ran.space) | set(file.space)):
+        a = vars(ran.space[key]) if key in ran.space else None
+        b = vars(file.space[key]) if key in file.space else None
+        if a != b and a is not None:
+            out.append(f"space.{key} changed (the file: {'not searched' if b is None else 'other values'})")
+        elif a != b:
+            out.append(f"space.{key}: not searched (fixed instead)")
+    a_design = ran.design.identity() if ran.design is not None else None
+    b_design = file.design.identity() if file.design is not None else None
+    if a_design != b_design:
+        keys = sorted(k for k in set(a_design or {}) | set(b_design or {})
+                      if (a_design or {}).get(k) != (b_design or {}).get(k))
+        out.append(f"design: {', '.join(keys) or 'changed'} (see the study's `spec` attribute)")
+    return out
 
 
 # -- reading ------------------------------------------------------------------------------------
@@ -177,6 +272,12 @@ def study_attrs(spec: Spec) -> dict[str, Any]:
 def read_spec(study_user_attrs: dict[str, Any]) -> dict[str, Any]:
     """The spec a study was made from, as stored (empty when it has none)."""
     return dict(study_user_attrs.get(SPEC) or {})
+
+
+def read_spec_toml(study_user_attrs: dict[str, Any]) -> str | None:
+    """The spec's TOML text as stored when the study was made (None for studies made before it was)."""
+    text = study_user_attrs.get(SPEC_TOML)
+    return text if isinstance(text, str) else None
 
 
 @dataclass(frozen=True)
@@ -235,7 +336,7 @@ class Record:
 
 
 _KNOWN = {"success_rate", "diverged", "n_params", "config", "seeds", "fit", "run", FAIL_REASON, FAIL_DETAIL,
-          RETRY_OF, "checkpoints", CELL, TUNED_FROM}
+          RETRY_OF, "checkpoints", CELL, TUNED_FROM, *FLAT}
 _SEED_KEYS = ("seed", "test_mse", "train_mse", "steps", "diverged_at", "evals", "seconds", "test_at")
 
 

@@ -1,15 +1,19 @@
 """The dashboard: the real optuna-dashboard server, a real headless browser, a sweep writing live.
 
 A small `quick` study is swept into a temporary SQLite file once per module and published (note
-and fit figures); `python -m sweeps dashboard` then serves it from a subprocess on a free port.
+and fit figures); `python -m sweeps dashboard` then serves it from a subprocess on a free port. A
+small designed study checks that its note quotes the answer and cites the confirmation trials
+behind it; the trials' flat attributes and the stored spec text are checked against the records.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,11 +27,15 @@ from typing import Any
 import optuna
 import pytest
 
+from analysis import report as rpt
+from kit import DESIGN, write_spec
 from sweeps.config import ENV_STORAGE
+from sweeps.dashboard import notes
 from sweeps.dashboard import publish as pub
 from sweeps.dashboard import serve as dashboard
 from sweeps.study import spec as specs
 from sweeps.study import storage as st
+from sweeps.study.record import read
 from sweeps.study.runner import Options, run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -157,9 +165,11 @@ def test_publish_writes_note_figures_and_trial_notes(made):
         meta = metas[pub.figure_name(trial)]
         assert meta.mimetype == "image/png"
         assert (pub.artifact_dir_for(made["url"]) / meta.artifact_id).read_bytes().startswith(PNG_SIGNATURE)
-        assert f"| {bias} | {trial.number} |" in note
+        assert f"| {bias} | [{trial.number}](/dashboard/studies/{study._study_id}/trials?numbers={trial.number}) |" in note
         assert f"/artifacts/{study._study_id}/{meta.artifact_id}" in note
         assert meta.artifact_id in get_note(optuna.Trial(study, trial._trial_id))
+        assert read(trial).config["activation"] != "sin"  # the control never heads the table
+    assert "### The spec" in note and Path(spec.path).read_text().strip() in note
 
 
 def test_publish_again_reuses_figures_and_is_cheap(made):
@@ -171,6 +181,31 @@ def test_publish_again_reuses_figures_and_is_cheap(made):
     assert sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(study)) == before
 
 
+def test_a_trial_cited_no_more_says_so(made, tmp_path):
+    from optuna_dashboard import get_note, save_note
+
+    from sweeps.dashboard import cited
+
+    study = optuna.create_study(study_name="r", storage=f"sqlite:///{tmp_path / 'r.db'}")
+    for value in (0.1, 0.2):
+        t = study.ask()
+        t.set_user_attr("config", {"bias": "both", "activation": "tanh"})
+        study.tell(t, value)
+    old = study.get_trials()[1]  # the worse one: not cited
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    png = tmp_path / pub.figure_name(old)
+    png.write_bytes(PNG_SIGNATURE)  # as if an earlier publish had drawn it
+    optuna.artifacts.upload_artifact(artifact_store=optuna.artifacts.FileSystemArtifactStore(artifacts),
+                                     file_path=str(png), study_or_trial=study)
+    save_note(optuna.Trial(pub._note_handle(study), old._trial_id),
+              notes.trial_note(study, cited.Cited(old, ["best with bias = `both` (non-control units)"]), None))
+    pub.publish(study, made["spec"], artifacts)
+    note = get_note(optuna.Trial(study, old._trial_id))
+    assert note.startswith(notes.retired_heading(old)) and "best with bias = `both`" in note
+    assert "[0](" in get_note(study) and "[1](" not in get_note(study)
+
+
 def test_best_by_bias_skips_failed_and_orders_placements():
     study = optuna.create_study()
     for bias, value in (("both", 0.5), ("none", 0.2), ("both", 0.1), ("hidden", None)):
@@ -179,6 +214,136 @@ def test_best_by_bias_skips_failed_and_orders_placements():
         study.tell(t, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
     best = pub.best_by_bias(study.trials)
     assert list(best) == ["none", "both"] and best["both"].value == 0.1
+
+
+def test_control_units_are_shown_apart_never_as_the_best():
+    from sweeps.dashboard import cited
+
+    study = optuna.create_study()
+    for bias, activation, value in (("both", "tanh", 0.5), ("both", "sin", 1e-9), ("none", "sin", 1e-8),
+                                    ("none", "relu", 0.4)):
+        t = study.ask()
+        t.set_user_attr("config", {"bias": bias, "activation": activation})
+        study.tell(t, value)
+    best = pub.best_by_bias(study.trials)
+    assert {b: t.value for b, t in best.items()} == {"none": 0.4, "both": 0.5}
+    picked = cited.searched(study.trials)
+    assert [c.control for c in picked] == [False, False, True] and picked[-1].trial.value == 1e-9
+
+
+# --- what trials record for the dashboard's table ----------------------------------------------------
+
+def test_trials_carry_flat_short_attributes(made):
+    for t in made["study"].get_trials():
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            continue
+        ua, rec = t.user_attrs, read(t)
+        mses = [math.inf if m is None else m for m in rec.seeds.test_mse]
+        assert ua["seeds_fit"] == f"{sum(m < made['spec'].success_threshold for m in mses)}/{len(mses)}"
+        assert ua["median_test_mse"] == pytest.approx(t.value, rel=1e-3)
+        assert ua["best_test_mse"] == pytest.approx(min(mses), rel=1e-3)
+        assert ua["evals_median"] == statistics.median(rec.seeds.evals)
+        assert ua["seconds_per_fit_s"] == pytest.approx(statistics.median(rec.seeds.seconds), rel=1e-2)
+        assert ua["trial_wall_s"] == pytest.approx(rec.run["wall_time_s"], rel=1e-2)
+        assert ua["device"] == rec.run["device"] == "cpu"
+        flat = [ua[k] for k in ("seeds_fit", "median_test_mse", "evals_median", "seconds_per_fit_s", "device")]
+        assert all(len(json.dumps(v)) <= 12 for v in flat), flat  # short enough for a table column
+        assert rec.labels == {}  # flat copies are not mistaken for labels (a program's name)
+
+
+def test_study_keeps_its_spec_as_toml_text(made, tmp_path):
+    text = made["study"].user_attrs["spec_toml"]
+    assert text == Path(made["spec"].path).read_text()  # unchanged: the file itself
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    spec = specs.load("quick", ["steps=50", "study.seeds=2"])
+    run(spec, Options(storage=url, trials=1, progress=False, study_name="over"), echo=lambda *a, **k: None)
+    text = optuna.load_study(study_name="over", storage=url).user_attrs["spec_toml"]
+    assert text.startswith("# Ran with --set overrides")
+    assert "#   fixed.steps = 50 (the file: 300)" in text and "#   study.seeds = 2 (the file: 4)" in text
+    assert text.endswith(Path(spec.path).read_text())  # the file follows, unchanged
+
+
+def test_report_and_dashboard_agree_on_the_address():
+    assert rpt.DASHBOARD_URL == dashboard.url_for(dashboard.DEFAULT_HOST, dashboard.DEFAULT_PORT)
+
+
+# --- a designed study's note: the answer and the trials behind it -----------------------------------
+
+@pytest.fixture(scope="module")
+def designed(tmp_path_factory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("designed")
+    url = f"sqlite:///{folder / 'studies.db'}"
+    text = DESIGN.replace('name = "d"', 'name = "d"\ndescription = "a design, see [x](javascript:alert(1))"')
+    spec = specs.load(str(write_spec(folder / "d.toml", text, confirm=4, steps=200, biases='["none", "both"]')))
+    run(spec, Options(storage=url, progress=False), echo=lambda *a, **k: None)
+    study = optuna.load_study(study_name="d", storage=st.open_storage(url, create=False))
+    pub.publish(study, spec, pub.artifact_dir_for(url))
+    return {"url": url, "spec": spec, "study": study}
+
+
+def _expected_citations(study: optuna.Study, threshold: float) -> dict[str, int]:
+    """From the raw trials: the confirmation trial each citation should name (most fits, then lowest median)."""
+    rows = []
+    for t in study.get_trials():
+        if t.params.get("phase") != "confirm":
+            continue
+        cfg = read(t).config
+        mses = [math.inf if m is None else m for m in read(t).seeds.test_mse]
+        rows.append((cfg, -sum(m < threshold for m in mses), statistics.median(mses), t.number))
+
+    def best(keep) -> int:  # noqa: ANN001
+        return min((r for r in rows if keep(r[0])), key=lambda r: r[1:])[3]
+
+    out = {f"bias = `{b}`": best(lambda c, b=b: c["bias"] == b and c["activation"] != "sin") for b in ("none", "both")}
+    for o in ("adam", "lm"):
+        out[f"optimizer = `{o}`"] = best(lambda c, o=o: c["optimizer"] == o and c["hidden"] == 4
+                                         and c["bias"] == "both" and c["activation"] != "sin")
+    out["control arm"] = best(lambda c: c["activation"] == "sin")
+    return out
+
+
+def test_designed_note_quotes_the_answer_and_cites_its_trials(designed):
+    from optuna_dashboard import get_note
+
+    from analysis.answer import answer
+    from analysis.cells import confirmed
+    from analysis.load import load_study
+
+    study, spec = designed["study"], designed["spec"]
+    note = get_note(study)
+    data = load_study(st.open_readonly(designed["url"]), designed["url"], "d")
+    sentences = answer(confirmed(data), None)
+    assert len(sentences) >= 3
+    for s in sentences:
+        assert f"- {notes.plain_sentence(s.text)}" in note
+        assert "tables/" not in notes.plain_sentence(s.text) and "#figure-" not in notes.plain_sentence(s.text)
+    sid = study._study_id
+    metas = {m.filename: m.artifact_id for m in optuna.artifacts.get_all_artifact_meta(study)}
+    by_number = {t.number: t for t in study.get_trials()}
+    for why, number in _expected_citations(study, spec.success_threshold).items():
+        row = next(line for line in note.splitlines() if line.startswith(f"| [{number}]("))
+        assert why in row, (why, row)
+        assert f"/dashboard/studies/{sid}/trials?numbers={number}" in row
+        artifact_id = metas[pub.figure_name(by_number[number])]
+        assert f"/artifacts/{sid}/{artifact_id}" in note
+        trial_note = get_note(optuna.Trial(study, by_number[number]._trial_id))
+        assert artifact_id in trial_note and why in trial_note and notes.MARK in trial_note
+    cited = [int(line.split("](")[0][3:]) for line in note.splitlines() if line.startswith("| [")]
+    assert all(by_number[n].params["phase"] == "confirm" for n in cited)  # never a tuning trial
+    assert f"`{notes.REPORTS / rpt.slug('d') / 'index.html'}`" in note
+    assert "](javascript:" not in note.partition("### The spec")[0]  # defused (in the TOML code block it is inert)
+    assert note.rstrip().endswith(Path(spec.path).read_text().rstrip() + "\n```")
+
+
+def test_designed_publish_keeps_hand_written_trial_notes(designed):
+    from optuna_dashboard import get_note, save_note
+
+    study = designed["study"]
+    first = next(t for t in study.get_trials() if get_note(optuna.Trial(study, t._trial_id)))
+    handle = optuna.Trial(pub._note_handle(study), first._trial_id)
+    save_note(handle, "my own note")
+    pub.publish(study, designed["spec"], pub.artifact_dir_for(designed["url"]))
+    assert get_note(optuna.Trial(study, first._trial_id)) == "my own note"
 
 
 # --- the server ------------------------------------------------------------------------------
@@ -282,6 +447,10 @@ def test_sweep_writing_while_dashboard_reads(server, made, tmp_path):
     assert sweep.returncode == 0, err
     assert "database is locked" not in out + err
     assert len(statuses) >= 5 and set(statuses) == {200}, statuses[-20:]
+    # optuna-dashboard caches a study's trials for 2 s: the hammer's last read may still be served.
+    deadline = time.monotonic() + 15
+    while len(get_json(f"{base}/api/studies/{study_id(base, 'live')}")["trials"]) != 8 and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert len(get_json(f"{base}/api/studies/{study_id(base, 'live')}")["trials"]) == 8
 
 
