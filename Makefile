@@ -23,7 +23,7 @@ SWEEP_FLAGS := $(if $(TRIALS),--trials $(TRIALS)) $(STORAGE_FLAG) $(if $(COMPILE
 .PHONY: help install sweep worker list show dashboard report bench nnet-reference test test-all clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,11 +45,11 @@ list: install ## the studies in STORAGE with counts and best values
 show: install ## a study's best trials: make show STUDY=default
 	$(PY) -m sweeps show $(or $(STUDY),$(SPEC),default) $(STORAGE_FLAG)
 
-dashboard: install ## optuna-dashboard on http://$(HOST):$(PORT) for STORAGE (loopback only by default)
+dashboard: install ## optuna-dashboard for STORAGE on 127.0.0.1:8080 (HOST=…, PORT=… to change)
 	$(PY) -m sweeps dashboard $(STORAGE_FLAG) --host $(HOST) --port $(PORT)
 
-report: install ## tables, figures and an HTML/Markdown report: make report [STUDY=name]
-	$(PY) -m analysis report $(if $(STUDY),--study $(STUDY)) $(STORAGE_FLAG)
+report: install ## the answer, tables and figures (HTML, Markdown, CSV, JSON): make report [STUDY=name]
+	$(PY) -m sweeps report $(if $(STUDY),--study $(STUDY)) $(STORAGE_FLAG)
 
 bench: install ## engine, sweeps and second order against their references (QUICK=1: about a minute); writes bench.json
 	$(PY) -m sweeps.tools.bench $(if $(QUICK),--quick) --out bench.json
