@@ -1,7 +1,8 @@
 """PostgreSQL for the tests: a fresh database per test on the server named by SWEEPS_TEST_PG_URL.
 
 `.ci/run` starts a throwaway cluster and sets the variables; without them the PostgreSQL tests are
-skipped and say why. SWEEPS_TEST_PG_URL names a superuser (it creates and drops one database per
+skipped and say why, unless SWEEPS_TEST_REQUIRE_PG=1 (`.ci/run` sets it): then they fail, so that a
+CI whose server did not start cannot pass without its PostgreSQL tests. SWEEPS_TEST_PG_URL names a superuser (it creates and drops one database per
 test). SWEEPS_TEST_PG_PASSWORD_ROLE ("name:password") names a role the server makes log in with a
 password, for the tests of passwords from PGPASSWORD and ~/.pgpass.
 """
@@ -18,13 +19,21 @@ import sqlalchemy
 
 ENV_URL = "SWEEPS_TEST_PG_URL"
 ENV_PASSWORD_ROLE = "SWEEPS_TEST_PG_PASSWORD_ROLE"
+ENV_REQUIRE = "SWEEPS_TEST_REQUIRE_PG"
+
+
+def missing(reason: str) -> None:
+    """Skip the test saying why, or fail it where PostgreSQL is required (SWEEPS_TEST_REQUIRE_PG=1)."""
+    if os.environ.get(ENV_REQUIRE) == "1":
+        pytest.fail(f"{reason}, and {ENV_REQUIRE}=1 requires PostgreSQL", pytrace=False)
+    pytest.skip(reason)
 
 
 def admin_url() -> sqlalchemy.engine.URL:
     """The superuser URL, or skip the test saying what is missing."""
     text = os.environ.get(ENV_URL)
     if not text:
-        pytest.skip(f"{ENV_URL} is not set: no PostgreSQL server to test against (.ci/run starts one)")
+        missing(f"{ENV_URL} is not set: no PostgreSQL server to test against (.ci/run starts one)")
     return sqlalchemy.engine.make_url(text)
 
 
@@ -67,6 +76,6 @@ def pg_password_role() -> tuple[str, str]:
     admin_url()
     text = os.environ.get(ENV_PASSWORD_ROLE, "")
     if ":" not in text:
-        pytest.skip(f"{ENV_PASSWORD_ROLE} is not set: no password-protected role to test with (.ci/run makes one)")
+        missing(f"{ENV_PASSWORD_ROLE} is not set: no password-protected role to test with (.ci/run makes one)")
     role, password = text.split(":", 1)
     return role, password

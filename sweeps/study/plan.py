@@ -3,24 +3,32 @@ configuration and seeds, and opening (creating or loading) the study with its sp
 
 `Plan` is what the runner consults each round: which configurations must be in the study's queue
 (grid cells and `[[enqueue]]` entries; for a designed study the tuning trials and, once a cell's
-tuning is done, its confirmation), whether trials are only ever popped from the queue, and what a
-claimed trial trains (its `Config`, its models' seeds, the attributes it records besides results).
+tuning is done, its confirmation), the Optuna distribution of every param its trials carry,
+whether trials are only ever popped from the queue, and what a claimed trial trains (its `Config`,
+its models' seeds, the attributes it records besides results). `queue` reads trials as FrozenTrials
+or as the runner's light `index.Row`s: number, state, params, value and the small attributes
+(`fail_reason`, `retry_of`, `seeds_fit`, `fixed_params`); nothing here reads a whole trial.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
-from ..config import Config
+from ..config import KEYS, Config
 from . import design as designs
-from .record import CELL, OPENS, SPACE_HASH, TUNED_FROM, is_done, study_attrs, superseded
-from .search import suggest
+from . import rdb
+from .record import CELL, OPENS, SPACE_HASH, TUNED_FROM, design_attrs, is_done, seeds_fit, study_attrs, superseded
+from .search import Dimension, suggest
 from .spec import Spec
 
 FIXED_PARAMS = "fixed_params"  # Optuna's system attribute of an enqueued trial
@@ -57,12 +65,52 @@ def budget_of(spec: Spec, trials: int | None) -> int:
     return budget
 
 
+def search_distributions(space: dict[str, Dimension]) -> dict[str, BaseDistribution]:
+    """The Optuna distribution of each searched key, exactly as `search.suggest` asks for it."""
+    out: dict[str, BaseDistribution] = {}
+    for name, dim in space.items():
+        if dim.choices is not None:
+            out[name] = CategoricalDistribution(list(dim.choices))
+        elif KEYS[name].kind is int:
+            out[name] = IntDistribution(int(dim.low), int(dim.high), log=dim.log)
+        else:
+            out[name] = FloatDistribution(float(dim.low), float(dim.high), log=dim.log)
+    return out
+
+
+class _Given:
+    """A `search.TrialLike` whose values are already known (a claimed or asked trial's params)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any:
+        return self.params[name]
+
+    def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
+        return int(self.params[name])
+
+    def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
+                      log: bool = False) -> float:
+        return float(self.params[name])
+
+
+def queue_key(params: dict[str, Any]) -> str:
+    """A queued configuration's identity (its params, as text)."""
+    return json.dumps(params, sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class Queued:
     """A configuration the study's queue must hold: its params and the attributes it starts with."""
 
     params: dict[str, Any]
     user_attrs: dict[str, Any]
+
+    @functools.cached_property
+    def key(self) -> str:
+        """`queue_key` of the params (computed once: a plan hands out the same items every round)."""
+        return queue_key(self.params)
 
 
 @dataclass(frozen=True)
@@ -81,11 +129,20 @@ class Plan:
         self.spec, self.base_seed = spec, base_seed
         self.cells = spec.cells()
         self.by_name = {c.name: c for c in self.cells}
-        self.distributions = designs.distributions(self.cells) if self.cells else {}
+        self.distributions: dict[str, BaseDistribution] = (
+            designs.distributions(self.cells) if spec.design is not None else search_distributions(spec.space))
         self._tuned: dict[str, list[list[Any]]] = {}  # per cell: its tuning trials, as `queue` last saw them
+        self._cell_of: dict[int, str | None] = {}  # trial number -> its cell's name, None if no tuning trial
+        self._fits: dict[int, int] = {}  # trial number -> seeds that fit (finished trials never change)
         self._static = [Queued(dict(p), {}) for p in spec.enqueue]
         if spec.sampler == "grid":
             self._static += [Queued(c, {}) for c in spec.grid_cells()]
+        # A design's items, made once (their keys are then computed once): per cell, its tuning
+        # trials, and its confirmation at each lr it may choose (or its only one).
+        self._named = [(c, c.name) for c in self.cells]  # a cell's name is JSON: made once
+        self._tunes = {n: [Queued(c.params(designs.TUNE, lr), {}) for lr in c.lrs] for c, n in self._named if c.tuned}
+        self._confirms = {(n, lr): Queued(c.params(designs.CONFIRM, lr), {})
+                          for c, n in self._named for lr in (c.lrs or (None,))}
 
     @property
     def pops_only(self) -> bool:
@@ -98,59 +155,66 @@ class Plan:
             return self.spec.design.confirm_seeds
         return self.spec.seeds
 
-    def queue(self, trials: list[FrozenTrial]) -> list[Queued]:
-        """Every configuration the queue must hold now, given the study's trials."""
+    def queue(self, trials: Sequence[Any], fetch: Callable[[list[Any]], dict[int, dict[str, Any]]] | None = None,
+              retried: set[int] | None = None) -> list[Queued]:
+        """Every configuration the queue must hold now, given the study's trials (FrozenTrials or
+        index rows). `fetch(trials)` gives {number: user attributes} of finished tuning trials that
+        carry no seed counts (needed only for studies from before `seeds_fit`); `retried` is
+        `record.superseded(trials)` when the caller keeps it."""
         if self.spec.design is None:
             return self._static
         tried: dict[str, list[designs.Tried]] = {}
-        retried = superseded(trials)
+        retried = superseded(trials) if retried is None else retried
+        done = []
         for t in trials:
-            cell = designs.key_of(t.system_attrs.get(FIXED_PARAMS) or t.params, self.by_name)
-            if cell is None or t.params.get(designs.PHASE, (t.system_attrs.get(FIXED_PARAMS) or {}).get(
-                    designs.PHASE)) != designs.TUNE or not is_done(t, retried):
-                continue
-            mses = (t.user_attrs.get("seeds") or {}).get("test_mse") or []
-            threshold = self.spec.success_threshold
-            tried.setdefault(cell.name, []).append(designs.Tried(
-                lr=float(t.params["lr"]), successes=sum(m is not None and m < threshold for m in mses),
+            if t.number not in self._cell_of:
+                fixed = t.system_attrs.get(FIXED_PARAMS) or t.params
+                cell = designs.key_of(fixed, self.by_name)
+                tune = t.params.get(designs.PHASE, fixed.get(designs.PHASE)) == designs.TUNE
+                self._cell_of[t.number] = cell.name if cell is not None and tune else None
+            if self._cell_of[t.number] is not None and is_done(t, retried):
+                done.append(t)
+        threshold = self.spec.success_threshold
+        missing = [t for t in done if t.number not in self._fits and seeds_fit(t.user_attrs, threshold) is None]
+        fetched = fetch(missing) if missing and fetch is not None else {}
+        for t in done:
+            if t.number not in self._fits:
+                self._fits[t.number] = seeds_fit(fetched.get(t.number, t.user_attrs), threshold) or 0
+            tried.setdefault(self._cell_of[t.number], []).append(designs.Tried(
+                lr=float(t.params["lr"]), successes=self._fits[t.number],
                 value=t.value if t.state == TrialState.COMPLETE and t.value is not None else math.inf,
                 number=t.number))
         out = []
-        for cell in self.cells:
+        for cell, name in self._named:
             if not cell.tuned:
-                out.append(Queued(cell.params(designs.CONFIRM, cell.lrs[0] if cell.lrs else None), {}))
+                out.append(self._confirms[name, cell.lrs[0] if cell.lrs else None])
                 continue
-            out += [Queued(cell.params(designs.TUNE, lr), {}) for lr in cell.lrs]
-            done = {t.lr: t for t in tried.get(cell.name, [])}
-            if all(lr in done for lr in cell.lrs):
-                best = designs.choose(done.values())
+            out += self._tunes[name]
+            finished = {t.lr: t for t in tried.get(name, [])}
+            if all(lr in finished for lr in cell.lrs):
+                best = designs.choose(finished.values())
                 summary = [[t.lr, t.successes, t.value if math.isfinite(t.value) else None, t.number]
-                           for t in sorted(done.values(), key=lambda t: t.lr)]
-                self._tuned[cell.name] = summary
-                out.append(Queued(cell.params(designs.CONFIRM, best.lr), {}))
+                           for t in sorted(finished.values(), key=lambda t: t.lr)]
+                self._tuned[name] = summary
+                out.append(self._confirms.get((name, best.lr)) or Queued(cell.params(designs.CONFIRM, best.lr), {}))
         return out
 
-    def work(self, trial: optuna.Trial, fixed: dict[str, Any]) -> Work:
-        """The config, seeds and attributes of a claimed trial (recording its params in Optuna);
-        `fixed` are the params it was queued with (empty for a sampled trial)."""
+    def work(self, number: int, params: dict[str, Any]) -> Work:
+        """The config, seeds and attributes of claimed trial `number` with these params (every
+        param of `distributions`: claims and asks write them all)."""
         spec = self.spec
         if spec.design is None:
-            config = suggest(trial, spec.space, spec.fixed)
-            return Work(config, [model_seed(self.base_seed, trial.number, s) for s in range(spec.seeds)], {})
-        for name, value in fixed.items():
-            dist = self.distributions[name]
-            if isinstance(dist, optuna.distributions.CategoricalDistribution):
-                trial.suggest_categorical(name, list(dist.choices))
-            else:
-                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-        cell = designs.key_of(fixed, self.by_name)
-        if cell is None:
-            raise ValueError(f"trial {trial.number} has params {fixed} that are no cell of this design")
-        phase, lr = fixed[designs.PHASE], fixed.get("lr")
+            config = suggest(_Given(params), spec.space, spec.fixed)
+            return Work(config, [model_seed(self.base_seed, number, s) for s in range(spec.seeds)], {})
+        cell = designs.key_of(params, self.by_name)
+        if cell is None or designs.PHASE not in params:
+            raise ValueError(f"trial {number} has params {params} that are no cell of this design")
+        phase, lr = params[designs.PHASE], params.get("lr")
         n = spec.design.confirm_seeds if phase == designs.CONFIRM else spec.seeds
         seeds = [designs.seed(self.base_seed, cell, phase, lr, i) for i in range(n)]
-        attrs: dict[str, Any] = {CELL: {"label": cell.label, "control": cell.control, "ladder": cell.ladder,
-                                        "changes": cell.changes, "tuned": cell.tuned}}
+        structured = {"label": cell.label, "control": cell.control, "ladder": cell.ladder, "changes": cell.changes,
+                      "tuned": cell.tuned}
+        attrs: dict[str, Any] = {CELL: structured, **design_attrs(structured, phase)}
         if phase == designs.CONFIRM and cell.name in self._tuned:
             attrs[TUNED_FROM] = self._tuned[cell.name]  # [lr, seeds fit, median MSE, trial] per tuning trial
         return Work(cell.config(lr, spec.fixed.get("lr", 0.01)), seeds, attrs)
@@ -180,7 +244,9 @@ def open_study(spec: Spec, storage: optuna.storages.BaseStorage, name: str, seed
                 f"study {name!r} in this storage was made from a different search space or fixed settings "
                 f"than {spec.path}; run it under a new name (--study NEW_NAME) or restore the spec")
         opens = int(attrs.get(OPENS, 1))
-        n_trials = len(storage.get_all_trials(study_id, deepcopy=False))
+        rdb_storage = rdb.backend(storage)
+        n_trials = (rdb.count_trials(rdb_storage, study_id) if rdb_storage is not None
+                    else len(storage.get_all_trials(study_id, deepcopy=False)))
         study = optuna.load_study(study_name=name, storage=storage,
                                   sampler=make_sampler(spec, seed + n_trials + 100_003 * opens))
     if SPACE_HASH not in study.user_attrs:  # new, or its creator died before writing these

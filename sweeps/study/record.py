@@ -55,6 +55,7 @@ FAIL_REASON = "fail_reason"
 FAIL_DETAIL = "fail_detail"
 DIVERGED = "diverged"
 INTERRUPTED = "interrupted"
+SEEDS_FIT = "seeds_fit"  # flat "k/n": seeds under the success threshold (also the runner's index reads it)
 RETRY_OF = "retry_of"  # user attribute of a retry: the number of the failed trial it redoes
 SPEC, SPACE_HASH, OPENS, SPEC_TOML = "spec", "space_hash", "opens", "spec_toml"  # study user attributes
 # Flat copies of a trial's numbers, short enough for a table column (units in the names).
@@ -138,7 +139,7 @@ def _flat(mses: Sequence[float], successes: int, results: Sequence[Result], run:
     seconds = [r.seconds for r in results if r.seconds is not None and math.isfinite(r.seconds)]
     wall = run.get("wall_time_s")
     return {
-        "seeds_fit": f"{successes}/{len(mses)}",
+        SEEDS_FIT: f"{successes}/{len(mses)}",
         "median_test_mse": short(statistics.median(mses), 4) if mses else None,
         "best_test_mse": short(min(finite), 4) if finite else None,
         "evals_median": statistics.median(evals) if evals else None,
@@ -146,6 +147,19 @@ def _flat(mses: Sequence[float], successes: int, results: Sequence[Result], run:
         "trial_wall_s": short(float(wall), 3) if isinstance(wall, (int, float)) else None,
         "device": run.get("device"),
     }
+
+
+def seeds_fit(user_attrs: dict[str, Any], threshold: float) -> int | None:
+    """Seeds of a finished trial under the success threshold, from its user attributes: its
+    `seeds_fit` ("k/n", the spec's own threshold) or its per-seed test MSEs; None when it carries
+    neither (the runner's light index row of a study written before `seeds_fit` existed)."""
+    fit = user_attrs.get(SEEDS_FIT)
+    if isinstance(fit, str) and "/" in fit:
+        return int(fit.split("/", 1)[0])
+    mses = (user_attrs.get("seeds") or {}).get("test_mse")
+    if mses is None:
+        return None
+    return sum(m is not None and m < threshold for m in mses)
 
 
 def design_attrs(cell: dict[str, Any], phase: str) -> dict[str, Any]:

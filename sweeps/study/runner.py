@@ -2,22 +2,29 @@
 
 Any number of runners (`sweeps run`, `sweeps worker`, on one host or many) may work on one study.
 One round, under the study's lock (`locks.study_lock`): fail the trials of workers that stopped
-beating (their retries come back queued), queue grid cells that lost their trial, count the global
-budget, claim up to `batch_size // seeds` trials (popping queued ones first) and record their first
-heartbeat. Then, lock released: train every trial's seeds with `engine.fit` (a thread keeps their
-heartbeats going), write all attributes in one transaction and tell Optuna each value.
+beating (`fail_reason = "stale"`; their retries come back queued, in the same transaction), bring
+the light index of the study up to date (`ledger.Ledger`: states, params, values, small
+attributes; O(round) reads), count the global budget, queue what the plan needs and the study
+lacks (grid cells, `[[enqueue]]` entries, a design's tuning trials and confirmations), and claim
+trials until a batch of models is full: queued ones first, then for a sampled study the sampler's
+asks, made against an in-memory mirror of the study and created in one transaction; each claim
+records the trials' first heartbeat. Then, lock released: train every trial's seeds with
+`engine.fit` (a thread keeps their heartbeats going) and finish the round, values, states and
+attributes, in one transaction. A trial whose seeds mostly diverged is COMPLETE with value +inf;
+one whose seeds all diverged is FAIL with `fail_reason = "diverged"` (both count toward the budget).
 
 The budget is global (`recovery.counts`): rerunning a finished study or adding workers does no
-duplicate work. Grid cells and `[[enqueue]]` entries are queued in the study and only ever popped,
-never sampled, so each cell is COMPLETE exactly once. When nothing is left to claim but other
-workers still have trials in flight, a worker waits for them (a dead worker's trials are failed
-after the grace period and retried) and exits when the study is done.
+duplicate work. Grid cells, `[[enqueue]]` entries and a design's trials are queued in the study and
+only ever popped, never sampled, so each cell is done exactly once. When nothing is left to claim
+but other workers still have trials in flight, a worker waits for them (a dead worker's trials are
+failed after the grace period and retried) and exits when the study is done.
 
 SIGINT/SIGTERM: never acted on in the middle of a storage write (the signal is noted and acted on
-at the next safe point); during training at once. The trials in flight are failed with
-`fail_reason = "interrupted"` and re-queued, finished ones are kept, `Interrupted` is raised. A
-second signal stops waiting for a safe point (anything then left RUNNING is retried after the
-grace period, like a crash). CUDA out of memory halves the engine's batch size and goes on.
+at the next safe point); during training at once (the engine's kernels are cancelled). The trials
+in flight are failed with `fail_reason = "interrupted"` and re-queued, finished ones are kept,
+`Interrupted` is raised. A second signal stops waiting for a safe point (anything then left
+RUNNING is retried after the grace period, like a crash). CUDA out of memory halves the engine's
+batch size and goes on.
 """
 
 from __future__ import annotations
@@ -31,7 +38,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 from ..engine import Job, Result, default_batch_size, fit, resolve_device
 from . import rdb
@@ -39,9 +45,11 @@ from . import recovery as rec
 from . import storage as st
 from .errors import mask, scrub
 from .heartbeat import Heartbeat
+from .ledger import Ledger, outcome
 from .locks import study_lock
+from .mirror import DEFAULT_PER_FIT
 from .plan import Plan, StudyMismatch, Work, budget_of, model_seed, open_study
-from .progress import progress_bar
+from .progress import Progress
 from .record import INTERRUPTED, host, summarise, versions
 from .signals import Signals
 from .spec import Spec
@@ -67,6 +75,9 @@ class Options:
     seed: int | None = None
     progress: bool | None = None  # None: a bar only on a terminal
     compile: bool = False  # fuse the first-order step with torch.compile (see `make bench`)
+    # TPE: fit the Parzen estimators once per this many trials of a round (1: once per trial, as
+    # Optuna's own asks). See `mirror.Mirror.ask`; measured by `sweeps.tools.bench_storage`.
+    trials_per_fit: int = DEFAULT_PER_FIT
 
 
 @dataclass
@@ -108,7 +119,7 @@ def fit_halving(jobs: list[Job], *, device: torch.device, batch_size: int, data_
 
 @dataclass
 class _Claim:
-    trials: list[optuna.Trial]
+    trials: list[rdb.Claimed]
     work: list[Work]
 
 
@@ -117,31 +128,30 @@ class _Worker:
 
     def __init__(self, study: optuna.Study, storage: optuna.storages.RDBStorage, spec: Spec, *, name: str,
                  budget: int, base_seed: int, device: torch.device, batch_size: int,
-                 echo: Any, compile: bool = False) -> None:
+                 echo: Any, compile: bool = False, trials_per_fit: int = DEFAULT_PER_FIT) -> None:
         self.study, self.spec, self.name, self.budget = study, spec, name, budget
         self.base_seed, self.device, self.batch_size, self.echo = base_seed, device, batch_size, echo
         self.compile = compile
         self.storage = storage  # the RDBStorage itself (the study holds a caching wrapper of it)
         self.in_flight: list[int] = []  # trial ids claimed and not yet told (the heartbeat reads it)
         self.plan = Plan(spec, base_seed)
+        self.ledger = Ledger(study, storage, self.plan, per_fit=trials_per_fit)
         self.warned_given_up = False
         self.run_info = {"device": str(device), **versions(), "host": host(), "spec": spec.name,
                          "spec_hash": spec.space_hash(), "pid": os.getpid()}
 
     def claim(self) -> tuple[_Claim | None, rec.Counts]:
-        """Under the study's lock: recover, count, claim. None when there is nothing to claim."""
+        """Under the study's lock: recover, count, queue, claim. None when there is nothing to claim."""
         with study_lock(self.storage, self.name):
             lost = rec.fail_stale(self.study)
             if lost:
                 self.echo(f"trial(s) {', '.join(map(str, lost))} lost their worker (no heartbeat for "
                           f"{self.storage.grace_period} s): failed and re-queued")
-            trials = self.study.get_trials(deepcopy=False)
-            counts = rec.counts(self.study, trials)
+            counts = self.ledger.refresh()
             if counts.done < self.budget:
-                queueing = rec.ensure_queued(self.study, self.plan.queue(trials), max_attempts=1 + st.MAX_RETRY,
-                                             trials=trials)
+                queueing = self.ledger.top_up(max_attempts=1 + st.MAX_RETRY)
                 if queueing.queued:
-                    counts = rec.Counts(counts.done, counts.running, counts.waiting + queueing.queued)
+                    counts = self.ledger.counts()
                 if queueing.given_up and not self.warned_given_up:
                     self.warned_given_up = True
                     self.echo(f"warning: {len(queueing.given_up)} queued configuration(s) failed "
@@ -152,34 +162,13 @@ class _Worker:
                 n = min(n, counts.waiting)
             if n <= 0:
                 return None, counts
-            claimed = self._ask(n)
+            claimed = self.ledger.claim(n, self.batch_size, self.in_flight)
             if not claimed:
                 return None, counts
-            rdb.record_heartbeats(self.storage, self.in_flight)  # at once: a trial never beaten is never stale
-            # Suggest under the lock too: the next worker's sampler then sees these parameters.
-            work = [self.plan.work(t, fixed) for t, fixed in claimed]
-            return _Claim([t for t, _ in claimed], work), counts
-
-    def _ask(self, n: int) -> list[tuple[optuna.Trial, dict[str, Any]]]:
-        """Up to n trials whose models fill one batch: popped from the queue, or asked of the sampler."""
-        claimed: list[tuple[optuna.Trial, dict[str, Any]]] = []
-        models = 0
-        while len(claimed) < n and models < self.batch_size:
-            if self.plan.pops_only:
-                # Pop only: study.ask() on an empty queue would create a trial outside the grid.
-                trial_id = rdb.pop_waiting(self.study)
-                if trial_id is None:
-                    break
-                trial, fixed = rdb.trial_handle(self.study, trial_id), rdb.fixed_params(self.study, trial_id)
-            else:
-                trial, fixed = self.study.ask(), {}
-            self.in_flight.append(rdb.trial_id(trial))
-            claimed.append((trial, fixed))
-            models += self.plan.models_of(fixed)
-        return claimed
+            return _Claim(claimed, [self.plan.work(c.number, c.params) for c in claimed]), counts
 
     def train_and_tell(self, claim: _Claim, signals: Signals) -> tuple[int, int]:
-        """Train the claimed trials, then write and tell them. Returns (models, trials told)."""
+        """Train the claimed trials, then finish them in one transaction. Returns (models, trials told)."""
         spec, trials = self.spec, claim.trials
         jobs = [Job(w.config, s) for w in claim.work for s in w.seeds]
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -192,25 +181,16 @@ class _Worker:
         run = {**self.run_info, "batch_size": self.batch_size, "started": started, "round_wall_s": wall,
                "round_trials": len(trials), "wall_time_s": wall / len(trials)}
         outcomes, start = [], 0
-        for w in claim.work:
-            outcome = summarise(w.config, w.seeds, results[start:start + len(w.seeds)],
+        for trial, w in zip(trials, claim.work):
+            summary = summarise(w.config, w.seeds, results[start:start + len(w.seeds)],
                                 threshold=spec.success_threshold, run=run)
-            outcome.attrs.update(w.attrs)
-            outcomes.append(outcome)
+            summary.attrs.update(w.attrs)
+            outcomes.append(outcome(trial.trial_id, summary.value, summary.attrs))
             start += len(w.seeds)
-        written = set(rdb.write_user_attrs(self.study, [(rdb.trial_id(t), o.attrs) for t, o in zip(trials, outcomes)]))
-        told = 0
-        for trial, outcome in zip(trials, outcomes):
-            # Not written: another worker failed it as stale meanwhile; its retry redoes it.
-            if rdb.trial_id(trial) in written:
-                with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-                    if outcome.value is None:
-                        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-                    else:
-                        self.study.tell(trial, outcome.value, skip_if_finished=True)
-                    told += 1
+        # Not written: another worker failed it as stale meanwhile; its retry redoes it.
+        written = self.ledger.finish(outcomes)
         self.in_flight.clear()
-        return len(jobs), told
+        return len(jobs), len(written)
 
     def abandon(self, reason: str) -> int:
         """Fail and re-queue the trials in flight (best effort: the storage may be what failed)."""
@@ -247,7 +227,8 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
                 study = open_study(spec, storage, name, base_seed)
             budget = budget_of(spec, opts.trials)
             worker = _Worker(study, storage, spec, name=name, budget=budget, base_seed=base_seed, device=device,
-                             batch_size=batch_size, echo=echo, compile=opts.compile)
+                             batch_size=batch_size, echo=echo, compile=opts.compile,
+                             trials_per_fit=opts.trials_per_fit)
             with Heartbeat(storage, storage.heartbeat_interval, worker.in_flight):
                 trials_run, models, wall = _work(worker, signals, opts.progress)
         except KeyboardInterrupt:
@@ -258,21 +239,20 @@ def run(spec: Spec, opts: Options, *, echo: Any = print) -> RunSummary:
             if worker is not None:
                 worker.abandon(scrub(f"error: {type(exc).__name__}: {exc}", url)[:500])
             raise
-    counts = rec.counts(study)
-    try:
-        best_value, best_params = study.best_value, study.best_params
-    except ValueError:
-        best_value, best_params = None, {}
+    assert worker is not None  # set before any round ran
+    counts = worker.ledger.refresh()
+    best_value, best_params = worker.ledger.best()
     return RunSummary(name, mask(url), str(device), trials_run, models, wall, counts.done, budget,
                       best_value, best_params)
 
 
 def _work(worker: _Worker, signals: Signals, progress: bool | None) -> tuple[int, int, float]:
     """Rounds until the study is done. Returns (trials told, models trained, wall seconds)."""
-    study, interval = worker.study, worker.storage.heartbeat_interval
+    interval = worker.storage.heartbeat_interval
     start = time.perf_counter()
     models = trials_run = 0
-    bar = progress_bar(progress, total=worker.budget, initial=min(rec.counts(study).done, worker.budget))
+    bar = Progress(progress, total=worker.budget, initial=min(worker.ledger.refresh().done, worker.budget),
+                   label=worker.name, echo=worker.echo)
     try:
         while True:
             signals.check()
@@ -288,12 +268,7 @@ def _work(worker: _Worker, signals: Signals, progress: bool | None) -> tuple[int
             round_models, told = worker.train_and_tell(claim, signals)
             models += round_models
             trials_run += told
-            if bar is not None:
-                bar.update(told)
-                with contextlib.suppress(ValueError):
-                    bar.set_postfix(best=f"{study.best_value:.3g}",
-                                    models_s=f"{models / (time.perf_counter() - start):.0f}")
+            bar.update(told, lambda: worker.ledger.best()[0], models / (time.perf_counter() - start))
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     return trials_run, models, time.perf_counter() - start

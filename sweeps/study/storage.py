@@ -259,7 +259,7 @@ def open_readonly(url: str) -> RDBStorage:
     parsed = parse_url(url)
     backend = parsed.get_backend_name()
     engine_kwargs: dict[str, Any] = {}
-    target: str | sqlalchemy.engine.URL = parsed
+    target = parsed.render_as_string(hide_password=False)  # RDBStorage takes a URL as text
     path = sqlite_path(url)
     if backend == "sqlite":
         if path is None:

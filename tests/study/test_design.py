@@ -91,6 +91,11 @@ def test_report_opens_with_the_answer_and_writes_its_three_files(swept):
             "median_mse", "median_evals", "seconds_per_fit", "control"} <= set(cells.columns)
     assert cells.loc[cells["optimizer"] == "lm", "lr"].isna().all()
     assert (cells["seeds"] == 6).all() and cells["control"].sum() == len(cells) // 2
+    control = pd.read_csv(out / "d" / "tables" / "control.csv")
+    assert list(control["activation"]) == ["sin"]
+    md = (out / "d" / "report.md").read_text()
+    caption = md[md.index("### The control arm"):].split("\n\n")[2]
+    assert caption.startswith("The control arm's confirmed cells only"), caption
     abl = pd.read_csv(out / "d" / "tables" / "ablation.csv")
     assert list(abl["cell"]) == [r.label for r in swept["ablation"].design.rows]
     assert {"ladder", "changes", "fits", "seeds"} <= set(abl.columns)

@@ -1,12 +1,15 @@
 """Fault injection: killed and interrupted workers, a full disk, and every kind of bad input.
 
-The guarantees: a finished trial is never changed or lost, a trial that was in flight is FAIL and
-retried exactly once (its number on the retry), nothing is left RUNNING, the study still reaches
-its budget, and every bad input is one line naming the thing, with a non-zero exit code.
+The guarantees: a finished trial is never changed or lost, a trial that was in flight is FAIL (with
+its reason: `stale` when its worker died, `interrupted` on a signal) and retried exactly once (its
+number on the retry), nothing is left RUNNING, the study still reaches its budget, and every bad
+input is one line naming the thing, with a non-zero exit code. The full-disk test needs a tmpfs
+(root): skipped without one, unless SWEEPS_TEST_REQUIRE_TMPFS=1 (`.ci/run` sets it).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import sqlite3
@@ -20,7 +23,7 @@ import optuna
 import pytest
 import torch
 from faultkit import (FAST_BEATS, GRID, RANDOM, SMALL, SMALL_CELLS, assert_retried_once, cell, done,
-                      kill, run_cli, snapshot, start, trials, wait_for, write_spec)
+                      kill, run_cli, snapshot, start, stop_mid_round, trials, write_spec)
 from optuna.trial import TrialState
 from pg import database, pg_password_role, pg_url  # noqa: F401  (fixtures)
 
@@ -44,7 +47,10 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+ENV_REQUIRE_TMPFS = "SWEEPS_TEST_REQUIRE_TMPFS"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'studies.db'}"
@@ -69,11 +75,11 @@ def _one_line(err: str) -> str:
 def test_sigkill_mid_batch_then_restart_loses_nothing(url, tmp_path):
     spec = write_spec(tmp_path / "g.toml", GRID, steps=1500, hidden=SMALL)
     victim = start(spec, url, "--batch-size", "4")  # two trials a round
-    wait_for(url, "g", victim, complete=2, running=2)
+    stopped = stop_mid_round(url, "g", victim, complete=2, running=2)
     kill(victim, signal.SIGKILL)
     before = trials(url, "g")
     killed = {t.number for t in before if t.state == TrialState.RUNNING}
-    assert killed, "no trial in flight when killed"
+    assert killed == {t.number for t in stopped if t.state == TrialState.RUNNING}
 
     again = run_cli(spec, url, "--batch-size", "4", command="worker")
     assert again.returncode == 0, again.stderr
@@ -83,6 +89,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(url, tmp_path):
     for number, was in snapshot(before).items():  # finished trials are untouched
         assert (by_number[number].params, by_number[number].values, by_number[number].user_attrs) == was
     assert_retried_once(after, killed)
+    assert {by_number[n].user_attrs.get(record.FAIL_REASON) for n in killed} == {rec.STALE}
     states = Counter(t.state for t in after)
     assert states[TrialState.RUNNING] == states[TrialState.WAITING] == 0
     assert states[TrialState.FAIL] == len(killed)
@@ -93,9 +100,11 @@ def test_sigkill_mid_batch_then_restart_loses_nothing(url, tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_cleanly_and_the_rerun_finishes(sig, tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'studies.db'}"
-    path = write_spec(tmp_path / "g.toml", GRID, steps=1500, hidden=SMALL)
+    # Rounds of a few hundred ms: the worker is stopped mid-round unless it happens to be inside
+    # the millisecond of a round's final write (then nothing is left in flight to interrupt).
+    path = write_spec(tmp_path / "g.toml", GRID, steps=3000, hidden=SMALL)
     proc = start(path, url, "--batch-size", "4", command="run")
-    wait_for(url, "g", proc, complete=2, running=2)
+    stop_mid_round(url, "g", proc, complete=2, running=2)
     code, _, err = kill(proc, sig)
     assert code == 130, err
     assert "interrupted:" in _one_line(err) and "re-queued" in err
@@ -136,7 +145,9 @@ def test_a_trial_killed_before_its_first_heartbeat_is_still_recovered(tmp_path, 
     assert rec.fail_stale(study) == [orphan.number]
     summary = run(spec, Options(storage=url, progress=False))
     assert summary.finished == 3
-    assert_retried_once(trials(url, "r"), {orphan.number})
+    after = trials(url, "r")
+    assert_retried_once(after, {orphan.number})
+    assert after[orphan.number].user_attrs[record.FAIL_REASON] == rec.STALE
 
 
 def test_a_grid_cell_whose_retry_was_lost_is_queued_again(tmp_path):
@@ -184,15 +195,20 @@ def test_budget_counts_diverged_once_and_never_interrupted_or_stale():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1 MiB tmpfs (root only); skip where mounting is not permitted."""
+    """A 1 MiB tmpfs (root only); skip where mounting is not permitted, fail if one is required."""
+    def missing(reason: str) -> None:
+        if os.environ.get(ENV_REQUIRE_TMPFS) == "1":
+            pytest.fail(f"{reason}, and {ENV_REQUIRE_TMPFS}=1 requires one", pytrace=False)
+        pytest.skip(reason)
+
     mount = tmp_path / "disk"
     mount.mkdir()
     if not shutil.which("mount"):
-        pytest.skip("no mount command")
+        missing("no mount command")
     proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
                           text=True)
     if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not permitted'})")
+        missing(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not permitted'})")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
@@ -364,6 +380,7 @@ def test_out_of_memory_even_one_at_a_time_fails_and_requeues(tmp_path, monkeypat
 # -- passwords ------------------------------------------------------------------------------------
 
 
+@pytest.mark.pg
 def test_postgres_password_from_pgpassword_and_pgpass(pg_password_role, tmp_path, monkeypatch, capsys):
     role, password = pg_password_role
     path = write_spec(tmp_path / "r.toml", RANDOM, trials=1, steps=10)

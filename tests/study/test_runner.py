@@ -152,3 +152,32 @@ def test_storage_that_is_not_a_database(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is not a SQLite database" in err and len(err.strip().splitlines()) == 1
     assert bad.read_text().startswith("hello")
+
+
+def test_a_trial_whose_seeds_mostly_diverged_is_complete_at_inf_and_the_search_goes_on(tmp_path, tiny, monkeypatch):
+    """2 of 3 seeds diverged: the median is +inf, the trial COMPLETE (a real result: it counts);
+    TPE keeps asking with +inf values among the finished trials (they rank last)."""
+    import dataclasses
+
+    from sweeps.study import runner
+
+    real = runner.fit
+
+    def most_diverge(jobs, **kwargs):
+        out = real(jobs, **kwargs)
+        return [dataclasses.replace(r, test_mse=math.inf, train_mse=math.inf, diverged_at=1, params=None)
+                if i % 3 else r for i, r in enumerate(out)]
+
+    monkeypatch.setattr(runner, "fit", most_diverge)
+    url = f"sqlite:///{tmp_path / 'inf.db'}"
+    summary = run(tiny, Options(storage=url, progress=False, trials=30, batch_size=3))
+    trials = _study(url, "tiny").trials
+    assert summary.finished == 30 == len(trials)
+    for t in trials:  # the seed left alone may diverge by itself: then all three did
+        if t.state.name == "COMPLETE":
+            assert t.value == math.inf and t.user_attrs["diverged"] == 2, t.number
+        else:
+            assert t.user_attrs["fail_reason"] == "diverged" and t.user_attrs["diverged"] == 3, t.number
+    assert sum(t.state.name == "COMPLETE" for t in trials) >= 20
+    assert summary.best_value == math.inf
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 30  # TPE past its startup, still asking
