@@ -67,7 +67,8 @@ def design_text(data: StudyData, cells: Cells) -> list[str]:
     return items
 
 
-def _by(frame: pd.DataFrame, key: str, order: list[Any], name: str, title: str) -> Table:
+def _by(frame: pd.DataFrame, key: str, order: list[Any], name: str, title: str,
+        which: str = "Confirmed cells (the control arm left out)") -> Table:
     rows = []
     for value in order:
         grp = frame[frame[key] == value]
@@ -83,8 +84,8 @@ def _by(frame: pd.DataFrame, key: str, order: list[Any], name: str, title: str) 
                           "seeds fit [95%, cells as units]": [fmt.rate_ci(r, lo, hi) for r, lo, hi in
                                                               zip(raw["success_rate"], raw["ci_low"], raw["ci_high"])],
                           "median of cells' median MSE": raw["median_mse"].map(fmt.mse)})
-    return Table(name, title, "Confirmed cells (the control arm left out); the interval treats cells as the units "
-                              "(two-stage bootstrap), never narrower than the pooled seeds' Wilson interval.", raw, shown)
+    return Table(name, title, f"{which}; the interval treats cells as the units (two-stage bootstrap), never "
+                              "narrower than the pooled seeds' Wilson interval.", raw, shown)
 
 
 def cell_display(frame: pd.DataFrame, name: str, title: str, caption: str) -> Table:
@@ -140,7 +141,8 @@ def sections(data: StudyData, ablation: StudyData | None, out: Path) -> tuple[li
                                        "configuration)."))
         ctrl = main.frame[main.frame["control"]]
         if len(ctrl):
-            tables.append(_by(ctrl, "activation", list(ACTIVATIONS), "control", "The control arm"))
+            tables.append(_by(ctrl, "activation", list(ACTIVATIONS), "control", "The control arm",
+                              which="The control arm's confirmed cells only"))
         tables.append(Table("cells", "Every cell", "One row per cell (also the control arm), from its confirmation "
                             "trial.", main.frame[[c for c in CELL_COLUMNS if c in main.frame]], pd.DataFrame()))
     if abl is not None and len(abl.frame):

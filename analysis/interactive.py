@@ -31,6 +31,7 @@ from . import fmt
 from .cells import Cells, comparison, confirmed, design_of
 from .load import StudyData
 from .plotting import MSE_AXIS, PALETTE, with_ceiling
+from .search_figures import on_axis
 from .stats import order
 from .tables import cell_table, varying_keys
 
@@ -121,9 +122,7 @@ def _mse_vs(data: StudyData, key: str, hue: str, title: str, xlabel: str) -> Any
     keys = varying_keys(data)
     if key not in keys:
         return None
-    fin = data.finished.copy()
-    if key == "lr" and "optimizer" in fin:
-        fin = fin[[fmt.used("lr", o) for o in fin["optimizer"]]]  # bfgs/lm ignore lr: no place on this axis
+    fin = on_axis(data, key)
     if fin.empty:
         return None
     fin["plotted"], ceiling = with_ceiling(fin["value"].astype(float), data.threshold)

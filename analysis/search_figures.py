@@ -53,13 +53,24 @@ def success_heatmap(data: StudyData, table: Table | None) -> Callable[[Path], Fi
     return draw
 
 
+def on_axis(data: StudyData, key: str) -> pd.DataFrame:
+    """The finished trials that have a place on an axis of `key`: for `lr`, only those whose optimizer
+    uses one (bfgs and lm ignore it; their sampled lr would put them anywhere on the axis)."""
+    fin = data.finished.copy()
+    if key == "lr" and "optimizer" in fin:
+        fin = fin[[fmt.used("lr", o) for o in fin["optimizer"]]]
+    return fin
+
+
 def mse_vs(data: StudyData, key: str, hue: str, name: str, title: str, xlabel: str) -> Callable[[Path], FigureRef | None]:
     """Trial values against a numeric key, coloured by a categorical one, both axes logarithmic."""
     def draw(out: Path) -> FigureRef | None:
         keys = varying_keys(data)
         if key not in keys:
             return None
-        fin = data.finished.copy()
+        fin = on_axis(data, key)
+        if fin.empty:
+            return None
         fin["plotted"], ceiling = with_ceiling(fin["value"].astype(float), data.threshold)
         fin[key] = fin[key].astype(float)
         has_inf = bool(np.isinf(fin["value"]).any())
@@ -82,8 +93,11 @@ def mse_vs(data: StudyData, key: str, hue: str, name: str, title: str, xlabel: s
             ax.set_title(title)
             ax.legend(fontsize=8, loc="best", framealpha=0.9)
             file = save(fig, out, name)
+        dropped = len(data.finished) - len(fin)
         return FigureRef(file, title, "One point per finished trial (its median test MSE over seeds); dashed: the "
-                                      "success threshold" + ("; dotted: trials whose median is inf." if has_inf else "."))
+                                      "success threshold" + ("; dotted: trials whose median is inf" if has_inf else "") +
+                         (f"; {dropped} trials of optimizers without a learning rate (bfgs, lm) left out." if dropped
+                          else "."))
     return draw
 
 

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--batch-size", type=_positive_int, help="models trained together (1 = one at a time, the reference path)")
         r.add_argument("--seed", type=int, help="base seed for the sampler and the models' inits (default: the spec's)")
         r.add_argument("--study", type=_study_name, help="study name (default: the spec's name)")
-        r.add_argument("--no-progress", action="store_true", help="no progress bar even on a terminal")
+        r.add_argument("--no-progress", action="store_true", help="no progress bar (terminal) or progress lines (pipe, file)")
         r.add_argument("--threads", type=_positive_int, help="threads for training (default: $OMP_NUM_THREADS, else "
                                                              "this machine's cores shared among its running workers)")
         r.add_argument("--compile", action="store_true",

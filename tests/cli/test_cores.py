@@ -40,14 +40,22 @@ def test_running_workers_are_counted_from_proc(tmp_path):
     assert cores.sweeps_processes(tmp_path / "empty") == 1  # alone, never 0
 
 
-def test_the_real_proc_counts_a_worker():
-    fake = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "sweeps", "worker", "x"])
+def test_the_real_proc_counts_workers():
+    # Two stand-ins whose command lines read as workers: counted as 2 (1 would be the floor).
+    fakes = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "-m", "sweeps", "worker", "x"])
+             for _ in range(2)]
+
+    def argv(pid: int) -> list[str]:
+        # Empty for a moment after the fork, until the kernel shows the new program's arguments.
+        return [a for a in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode().split("\0") if a]
+
     try:
-        deadline = time.monotonic() + 10
-        while cores.sweeps_processes() < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert cores.sweeps_processes() >= 1
-        assert cores._is_sweep((Path("/proc") / str(fake.pid) / "cmdline").read_bytes().decode().split("\0"))
+        deadline = time.monotonic() + 20
+        while not all(argv(f.pid) for f in fakes) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert all(cores._is_sweep(argv(f.pid)) for f in fakes)
+        assert cores.sweeps_processes() >= 2
     finally:
-        fake.kill()
-        fake.wait()
+        for fake in fakes:
+            fake.kill()
+            fake.wait()

@@ -149,6 +149,14 @@ FLOAT32_CASES = [("adam", "tanh", 0.01), ("sgd", "sigmoid", None), ("rmsprop", "
                  ("momentum", "softplus", None), ("adam", "relu", 0.01), ("sgd", "sin", None)]
 
 
+def assert_mse32(a: float, b: float) -> None:
+    """Two float32 runs' test MSEs agree, compared as RMSEs to float32's resolution of outputs of
+    size ~1: a small MSE is the square of residuals that are differences of such outputs, so its
+    relative error grows as the fit improves (seen: 1.9e-5 relative at MSE 6.6e-5, on a machine
+    whose sinf differs from torch's by an ulp)."""
+    assert abs(math.sqrt(a) - math.sqrt(b)) <= 1e-6 + 1e-5 * math.sqrt(b), (a, b)
+
+
 @pytest.mark.parametrize("data", ["r50", "uniform1000", "grid1000"])
 @pytest.mark.parametrize("scaling", ["none", "standardize"])
 @pytest.mark.parametrize("optimizer,activation,lr", FLOAT32_CASES)
@@ -162,7 +170,7 @@ def test_float32_matches_torch_optim_float32(data, scaling, optimizer, activatio
     ref64, _ = torch_optim(cfg, 3, DATA[data], torch.float64)
     assert not res.diverged
     assert_rel(params_of(res), ref32, 1e-5)
-    assert math.isclose(res.test_mse, test32, rel_tol=1e-5)
+    assert_mse32(res.test_mse, test32)
     # The same distance from float64 as torch's own float32: float32 rounding, nothing else.
     assert_rel(params_of(res), ref64, 1e-5)
     assert_rel(ref32, ref64, 1e-5)
@@ -217,7 +225,7 @@ def test_float32_native_matches_the_torch_loop(activation):
         assert a.diverged_at == b.diverged_at
         if a.params is not None:
             assert_rel(params_of(a), params_of(b), 1e-5)
-            assert math.isclose(a.test_mse, b.test_mse, rel_tol=1e-5)
+            assert_mse32(a.test_mse, b.test_mse)
 
 
 # ------------------------------------------------------------------------------ batch invariance ----
