@@ -29,7 +29,7 @@ from sweeps.engine.model import ACTIVATIONS as ACTIVATION_FNS
 from sweeps.study.record import read
 
 from . import fmt
-from .cells import Cells, comparison
+from .cells import Cells, comparison, grid_axes
 from .curves import draw
 from .load import StudyData
 from .plotting import PALETTE, SEQUENTIAL, FigureRef, colours, save, style
@@ -192,13 +192,10 @@ def success_hidden_optimizer(cells: Cells) -> Maker:
 def success_all_cells(cells: Cells) -> Maker:
     """Every cell of the design: bias rows x activation columns of hidden x optimizer tiles."""
     def draw_it(out: Path) -> FigureRef | None:
-        frame = cells.frame
-        if frame.empty or not {"bias", "activation", "hidden", "optimizer"} <= set(cells.keys):
+        frame, axes = cells.frame, grid_axes(cells)
+        if axes is None:
             return None
-        biases = [b for b in BIASES if (frame["bias"] == b).any()]
-        acts = [a for a in ACTIVATIONS if (frame["activation"] == a).any()]
-        hidden = sorted(frame["hidden"].unique())
-        opts = [o for o in OPTIMIZERS if (frame["optimizer"] == o).any()]
+        biases, acts, hidden, opts = axes
         with style():
             fig = Figure(figsize=(2.3 * len(acts) + 1.5, 2.0 * len(biases) + 1.0), layout="constrained")
             axes = np.atleast_2d(fig.subplots(len(biases), len(acts), sharex=True, sharey=True, squeeze=False))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from sweeps.config import ACTIVATIONS, BIASES, OPTIMIZERS
 from sweeps.study.record import read
 
 from .load import StudyData
@@ -100,6 +101,16 @@ def _tuning(tuned_from: list[list], data: StudyData) -> dict[str, object]:
     best = min(tuned_from, key=lambda t: (-int(t[1]), t[2] if t[2] is not None else math.inf, float(t[0])))
     edge = float(best[0]) in (lrs[0], lrs[-1]) and len(lrs) > 2
     return {"lrs_tried": len(lrs), "lr_at_edge": bool(edge), "tuning_fits": int(best[1])}
+
+
+def grid_axes(cells: Cells) -> tuple[list, list, list, list] | None:
+    """The tiles of the every-cell figure: (biases, activations, hidden sizes, optimizers) present,
+    in the vocabulary's order; None unless the design crosses all four."""
+    frame = cells.frame
+    if frame.empty or not {"bias", "activation", "hidden", "optimizer"} <= set(cells.keys):
+        return None
+    return ([b for b in BIASES if (frame["bias"] == b).any()], [a for a in ACTIVATIONS if (frame["activation"] == a).any()],
+            sorted(frame["hidden"].unique()), [o for o in OPTIMIZERS if (frame["optimizer"] == o).any()])
 
 
 def comparison(cells: pd.DataFrame) -> pd.DataFrame:

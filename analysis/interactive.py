@@ -28,7 +28,7 @@ import pandas as pd
 from sweeps.config import ACTIVATIONS, BIASES, OPTIMIZERS
 
 from . import fmt
-from .cells import Cells, comparison, confirmed, design_of
+from .cells import Cells, comparison, confirmed, design_of, grid_axes
 from .load import StudyData
 from .plotting import MSE_AXIS, PALETTE, with_ceiling
 from .search_figures import on_axis
@@ -218,13 +218,10 @@ def _all_cells(cells: Cells) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    frame = cells.frame
-    if frame.empty or not {"bias", "activation", "hidden", "optimizer"} <= set(cells.keys):
+    frame, axes = cells.frame, grid_axes(cells)
+    if axes is None:
         return None
-    biases = [b for b in BIASES if (frame["bias"] == b).any()]
-    acts = [a for a in ACTIVATIONS if (frame["activation"] == a).any()]
-    hidden = sorted(frame["hidden"].unique())
-    opts = [o for o in OPTIMIZERS if (frame["optimizer"] == o).any()]
+    biases, acts, hidden, opts = axes
     control = set(frame[frame["control"]]["activation"])
     fig = make_subplots(rows=len(biases), cols=len(acts), shared_xaxes=True, shared_yaxes=True,
                         horizontal_spacing=0.02, vertical_spacing=0.04,

@@ -218,11 +218,13 @@ def _load(name: str) -> Library:
     raise NativeUnavailable("\n".join(dict.fromkeys(errors)))
 
 
-def available(name: str) -> tuple[bool, str]:
-    """(True, note) if kernels/<name>.c builds and loads here (note: "" or what the build lacks),
-    else (False, why)."""
+def available(name: str, library: Callable[[], Any] | None = None) -> tuple[bool, str]:
+    """(True, note) if kernels/<name>.c builds and loads here (note: "" or what the build lacks)
+    and so does the calling module's `library()` (its ABI check and signatures), else (False, why)."""
     try:
         lib = load(name)
+        if library is not None:
+            library()
     except NativeUnavailable as exc:
         return False, str(exc)
     return True, "" if lib.openmp else "built without OpenMP (one thread)"

@@ -70,13 +70,7 @@ def library() -> ctypes.CDLL:
 
 def available() -> tuple[bool, str]:
     """Whether the kernel runs here; if not, why (see `native.available`)."""
-    ok, why = native.available(KERNEL)
-    if ok:
-        try:
-            library()
-        except native.NativeUnavailable as exc:
-            return False, str(exc)
-    return ok, why
+    return native.available(KERNEL, library)
 
 
 @dataclass(frozen=True)
