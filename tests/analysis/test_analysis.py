@@ -18,6 +18,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
+from pg import pg_url  # noqa: F401  (fixture)
 
 from analysis.cli import main
 from analysis.stats import wilson
@@ -291,11 +292,13 @@ def test_missing_or_empty_study_is_a_one_line_error(built, capsys, tmp_path):
     assert digest(built["db"]) == built["before"]
 
 
-def test_report_of_a_real_quick_sweep(tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def test_report_of_a_real_quick_sweep(backend, tmp_path, capsys, request):
     from sweeps.study import spec as specs
     from sweeps.study.runner import Options, run
 
-    url = f"sqlite:///{tmp_path / 'q.db'}"
+    # PostgreSQL: a fresh database on the CI's server (the report opens it read-only there too)
+    url = f"sqlite:///{tmp_path / 'q.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     run(specs.load("quick"), Options(storage=url, trials=4, progress=False))
     rc, out, err = _run(capsys, "--storage", url, "--study", "quick", "--out", str(tmp_path / "r"))
     assert rc == 0, err

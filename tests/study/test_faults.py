@@ -73,7 +73,7 @@ def _one_line(err: str) -> str:
 
 
 def test_sigkill_mid_batch_then_restart_loses_nothing(url, tmp_path):
-    spec = write_spec(tmp_path / "g.toml", GRID, steps=1500, hidden=SMALL)
+    spec = write_spec(tmp_path / "g.toml", GRID, steps=6000, hidden=SMALL)
     victim = start(spec, url, "--batch-size", "4")  # two trials a round
     stopped = stop_mid_round(url, "g", victim, complete=2, running=2)
     kill(victim, signal.SIGKILL)
