@@ -8,15 +8,18 @@ round costs O(round) reads, not O(study). That is sound because finished trials 
 writes a trial's params together with its RUNNING state (a foreign Optuna `ask` that suggests
 later shows its params when it finishes). What this worker wrote itself it `note`s without
 reading it back. Rows stand in for FrozenTrials wherever `record.is_done`, `record.superseded`,
-`recovery` and `plan.Plan.queue` read one. The budget's counts (`counts`) and the numbers of
-retried trials (`retried`) are kept as rows come and go, by `record`'s own rules applied a row at a
-time: a round never walks the whole study to count it.
+`recovery` and `plan.Plan.queue` read one. The budget's counts (`counts`), the numbers of retried
+trials (`retried`), the WAITING rows in number order (`waiting`) and the best trial (`best`) are
+kept as rows come and go, by `record`'s own rules applied a row at a time, and `take_changed`
+hands the rows noted since it was last called to whoever keeps its own state of them a row at a
+time (`recovery.Coverage`, `plan.Plan.update`): a round never walks the whole study.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,9 @@ class Index:
         self.retried: set[int] = set()  # numbers of trials some other trial retries (`record.superseded`)
         self._states: Counter[TrialState] = Counter()
         self._counted: set[int] = set()  # numbers of rows that count unless retried (`record.is_done`)
+        self._waiting: list[int] = []  # numbers of the WAITING rows, sorted
+        self._best: Row | None = None  # finished trials never change: the best only gets better
+        self._changed: set[int] = set()  # numbers noted (or newly retried) since `take_changed`
 
     def refresh(self, new_only: bool = False) -> list[Row]:
         """Bring the rows up to date; returns the rows that are new or changed state. `new_only`:
@@ -79,19 +85,43 @@ class Index:
         """Rows this worker wrote itself (known without reading them back)."""
         for row in rows:
             old = self.rows.get(row.trial_id)
+            was_waiting = old is not None and old.state == TrialState.WAITING
             if old is not None:
                 self._states[old.state] -= 1
                 self._counted.discard(old.number)
             self._states[row.state] += 1
             if is_done(row, set()):
                 self._counted.add(row.number)
-            self.retried |= superseded([row])  # a trial never loses what it retries
+            if was_waiting and row.state != TrialState.WAITING:
+                del self._waiting[bisect.bisect_left(self._waiting, row.number)]
+            elif row.state == TrialState.WAITING and not was_waiting:
+                bisect.insort(self._waiting, row.number)
+            if row.state == TrialState.COMPLETE and row.value is not None and (
+                    self._best is None or (row.value, row.number) < (self._best.value, self._best.number)):
+                self._best = row
+            # A trial never loses what it retries; a newly retried trial stops counting.
+            self._changed |= superseded([row]) - self.retried
+            self.retried |= superseded([row])
+            self._changed.add(row.number)
             self.rows[row.trial_id] = row
             self._state[row.trial_id] = row.state.name
             if row.number >= len(self._by_number):
                 self._by_number.extend([None] * (row.number + 1 - len(self._by_number)))
             self._by_number[row.number] = row
         self._listed = None
+
+    def take_changed(self) -> list[Row]:
+        """The rows noted since the last call, and those a trial noted since retries, by number."""
+        numbers, self._changed = sorted(self._changed), set()
+        found = (self._by_number[n] if n < len(self._by_number) else None for n in numbers)
+        return [r for r in found if r is not None]
+
+    def waiting(self) -> Iterator[Row]:
+        """The WAITING rows, lowest number first."""
+        for number in list(self._waiting):
+            row = self._by_number[number]
+            if row is not None:
+                yield row
 
     def trials(self) -> list[Row]:
         """Every row, by trial number."""
@@ -106,5 +136,4 @@ class Index:
 
     def best(self) -> Row | None:
         """The COMPLETE trial with the lowest value (the lowest number among equals), or None."""
-        done = [r for r in self.rows.values() if r.state == TrialState.COMPLETE and r.value is not None]
-        return min(done, key=lambda r: (r.value, r.number)) if done else None
+        return self._best

@@ -1,7 +1,8 @@
 """A worker's book of its study: the light index, the sampler's mirror, and a round's bulk writes.
 
 The runner asks it, under the study's lock, to count (`refresh`), to top up the queue
-(`top_up`: `Plan.queue` over the index rows, written with `rdb.enqueue_many`) and to claim a
+(`top_up`: `Plan.update` and `recovery.Coverage` fed the index rows that changed since the last
+top-up, the missing items written with `rdb.enqueue_many`) and to claim a
 round (`claim`: queued trials first, lowest numbers first, until a batch of models is full, in
 one transaction; then, for a sampled study, the sampler's asks against the in-memory mirror,
 created in one more); after training, to finish it (`finish`: values, states and attributes in
@@ -36,7 +37,7 @@ class Ledger:
         self.index = Index(storage, self.study_id)
         self.mirror = None if plan.pops_only else Mirror(study.sampler)
         self.dists = plan.distributions
-        self._keys: dict[int, str | None] = {}  # trial number -> its queue key (`recovery.plan_queue`)
+        self.coverage = rec.Coverage()  # which queue keys the study covers, kept from changed rows
         self._dirty = True  # the queue may lack something: top it up at the next claim
         self._given_up: list[int] = []
 
@@ -73,9 +74,10 @@ class Ledger:
         if not self._dirty:
             return rec.Queueing(0, self._given_up)
         self._dirty = False
-        trials, retried = self.index.trials(), self.index.retried
-        queueing = rec.ensure_queued(self.study, self.plan.queue(trials, self._fetch, retried), max_attempts,
-                                     self.dists, trials=trials, keys=self._keys, retried=retried)
+        changed, retried = self.index.take_changed(), self.index.retried
+        self.coverage.note(changed, retried)
+        queueing = rec.ensure_queued(self.study, self.plan.update(changed, self._fetch, retried), max_attempts,
+                                     self.dists, coverage=self.coverage)
         self._given_up = queueing.given_up
         if queueing.queued:
             self.index.refresh(new_only=True)  # read what was just queued: WAITING rows (no sampler news)
@@ -85,12 +87,11 @@ class Ledger:
         """Up to n trials whose models fill one batch: queued ones first, then (a sampled study) the
         sampler's asks. Each trial id joins `in_flight` as soon as it is RUNNING in the database."""
         pick, models = [], 0
-        for row in self.index.trials():
+        for row in self.index.waiting():
             if len(pick) >= n or models >= batch_size:
                 break
-            if row.state == TrialState.WAITING:
-                pick.append(row)
-                models += self.plan.models_of(row.system_attrs.get(FIXED_PARAMS) or row.params)
+            pick.append(row)
+            models += self.plan.models_of(row.system_attrs.get(FIXED_PARAMS) or row.params)
         claimed = rdb.claim(self.storage, self.study_id, len(pick), self.dists,
                             up_to=pick[-1].trial_id if pick else None) if pick else []
         in_flight.extend(c.trial_id for c in claimed)

@@ -132,6 +132,7 @@ class Plan:
         self.distributions: dict[str, BaseDistribution] = (
             designs.distributions(self.cells) if spec.design is not None else search_distributions(spec.space))
         self._tuned: dict[str, list[list[Any]]] = {}  # per cell: its tuning trials, as `queue` last saw them
+        self._tried: dict[str, dict[int, designs.Tried]] = {}  # per cell: its finished tuning trials by number
         self._cell_of: dict[int, str | None] = {}  # trial number -> its cell's name, None if no tuning trial
         self._fits: dict[int, int] = {}  # trial number -> seeds that fit (finished trials never change)
         self._static = [Queued(dict(p), {}) for p in spec.enqueue]
@@ -143,6 +144,8 @@ class Plan:
         self._tunes = {n: [Queued(c.params(designs.TUNE, lr), {}) for lr in c.lrs] for c, n in self._named if c.tuned}
         self._confirms = {(n, lr): Queued(c.params(designs.CONFIRM, lr), {})
                           for c, n in self._named for lr in (c.lrs or (None,))}
+        self._items = {n: self._cell_items(c, n) for c, n in self._named}  # per cell, what `update` gives
+        self._listed: list[Queued] | None = None
 
     @property
     def pops_only(self) -> bool:
@@ -161,43 +164,60 @@ class Plan:
         index rows). `fetch(trials)` gives {number: user attributes} of finished tuning trials that
         carry no seed counts (needed only for studies from before `seeds_fit`); `retried` is
         `record.superseded(trials)` when the caller keeps it."""
+        return self.update(trials, fetch, superseded(trials) if retried is None else retried)
+
+    def update(self, changed: Sequence[Any], fetch: Callable[[list[Any]], dict[int, dict[str, Any]]] | None,
+               retried: set[int]) -> list[Queued]:
+        """`queue`, given only the trials that changed since the last call (and those a new retry
+        supersedes; `retried` of the whole study): a design keeps each cell's finished tuning
+        trials and redoes only the cells these touch."""
         if self.spec.design is None:
             return self._static
-        tried: dict[str, list[designs.Tried]] = {}
-        retried = superseded(trials) if retried is None else retried
-        done = []
-        for t in trials:
+        done, touched = [], set()
+        for t in changed:
             if t.number not in self._cell_of:
                 fixed = t.system_attrs.get(FIXED_PARAMS) or t.params
                 cell = designs.key_of(fixed, self.by_name)
                 tune = t.params.get(designs.PHASE, fixed.get(designs.PHASE)) == designs.TUNE
                 self._cell_of[t.number] = cell.name if cell is not None and tune else None
-            if self._cell_of[t.number] is not None and is_done(t, retried):
+            name = self._cell_of[t.number]
+            if name is None:
+                continue
+            if is_done(t, retried):
                 done.append(t)
+            elif self._tried.setdefault(name, {}).pop(t.number, None) is not None:
+                touched.add(name)
         threshold = self.spec.success_threshold
         missing = [t for t in done if t.number not in self._fits and seeds_fit(t.user_attrs, threshold) is None]
         fetched = fetch(missing) if missing and fetch is not None else {}
         for t in done:
             if t.number not in self._fits:
                 self._fits[t.number] = seeds_fit(fetched.get(t.number, t.user_attrs), threshold) or 0
-            tried.setdefault(self._cell_of[t.number], []).append(designs.Tried(
+            name = self._cell_of[t.number]
+            self._tried.setdefault(name, {})[t.number] = designs.Tried(
                 lr=float(t.params["lr"]), successes=self._fits[t.number],
                 value=t.value if t.state == TrialState.COMPLETE and t.value is not None else math.inf,
-                number=t.number))
-        out = []
-        for cell, name in self._named:
-            if not cell.tuned:
-                out.append(self._confirms[name, cell.lrs[0] if cell.lrs else None])
-                continue
-            out += self._tunes[name]
-            finished = {t.lr: t for t in tried.get(name, [])}
-            if all(lr in finished for lr in cell.lrs):
-                best = designs.choose(finished.values())
-                summary = [[t.lr, t.successes, t.value if math.isfinite(t.value) else None, t.number]
-                           for t in sorted(finished.values(), key=lambda t: t.lr)]
-                self._tuned[name] = summary
-                out.append(self._confirms.get((name, best.lr)) or Queued(cell.params(designs.CONFIRM, best.lr), {}))
-        return out
+                number=t.number)
+            touched.add(name)
+        for name in touched:
+            self._items[name] = self._cell_items(self.by_name[name], name)
+        if touched or self._listed is None:
+            self._listed = [q for _, name in self._named for q in self._items[name]]
+        return self._listed
+
+    def _cell_items(self, cell: designs.Cell, name: str) -> list[Queued]:
+        """A cell's queue items: its confirmation if untuned; else its tuning trials, and its
+        confirmation at the chosen lr once every lr is tried (the latest trial of each lr counts)."""
+        if not cell.tuned:
+            return [self._confirms[name, cell.lrs[0] if cell.lrs else None]]
+        tried = self._tried.get(name, {})
+        finished = {t.lr: t for _, t in sorted(tried.items())}
+        if not all(lr in finished for lr in cell.lrs):
+            return self._tunes[name]
+        best = designs.choose(finished.values())
+        self._tuned[name] = [[t.lr, t.successes, t.value if math.isfinite(t.value) else None, t.number]
+                             for t in sorted(finished.values(), key=lambda t: t.lr)]
+        return self._tunes[name] + [self._confirms.get((name, best.lr)) or Queued(cell.params(designs.CONFIRM, best.lr), {})]
 
     def work(self, number: int, params: dict[str, Any]) -> Work:
         """The config, seeds and attributes of claimed trial `number` with these params (every

@@ -12,7 +12,7 @@
   dying between them lost the retry (and the failed trial said nothing of why it failed).
 - `abandon`: a worker's own in-flight trials on SIGINT/SIGTERM or an error: FAIL with a reason,
   and a retry copy, the same way.
-- `plan_queue` / `ensure_queued`: every queued cell (grid cells, `[[enqueue]]` entries, a design's
+- `plan_queue` / `ensure_queued` / `Coverage`: every queued cell (grid cells, `[[enqueue]]` entries, a design's
   trials) that has no trial waiting, running or done gets one, unless it already failed
   `max_attempts` times for reasons other than an interrupt. This queues a new study and repairs a
   cell whose retry was lost.
@@ -24,7 +24,7 @@ would queue it twice.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,60 +92,85 @@ class Queueing:
     given_up: list[int]  # numbers of the last failed trial of each cell that ran out of attempts
 
 
+class Coverage:
+    """`plan_queue`'s reading of a study's trials, kept a trial at a time: which queue keys have a
+    trial waiting, running or done, how often each failed for reasons other than an interrupt, and
+    its last failed trial. A worker `note`s the rows that changed each round (and those a new
+    retry supersedes) instead of reading every trial again; `plan_queue` is one Coverage of all."""
+
+    def __init__(self) -> None:
+        self._keys: dict[int, str | None] = {}  # trial number -> its queue key (fixed params never change)
+        self._seen: dict[int, tuple[str, bool, bool]] = {}  # number -> (key, covers, counts as an attempt)
+        self._covered: Counter[str] = Counter()
+        self._attempts: Counter[str] = Counter()
+        self._last_failed: dict[str, int] = {}
+
+    def note(self, trials: Iterable[Any], retried: set[int]) -> None:
+        """Take these trials' current states (FrozenTrials or index rows; `retried` as
+        `record.superseded` of the whole study) in place of what was known of them."""
+        for t in trials:
+            if t.number not in self._keys:
+                fixed = t.system_attrs.get(FIXED_PARAMS)
+                self._keys[t.number] = None if fixed is None else _key(fixed)
+            key = self._keys[t.number]
+            if key is None:
+                continue
+            old = self._seen.get(t.number)
+            if old is not None:
+                self._covered[key] -= old[1]
+                self._attempts[key] -= old[2]
+            covers = t.state in (TrialState.WAITING, TrialState.RUNNING) or is_done(t, retried)
+            failed = t.state == TrialState.FAIL
+            attempt = failed and t.user_attrs.get(FAIL_REASON) != INTERRUPTED
+            if failed:
+                self._last_failed[key] = max(self._last_failed.get(key, -1), t.number)
+            self._seen[t.number] = (key, covers, attempt)
+            self._covered[key] += covers
+            self._attempts[key] += attempt
+
+    def queue(self, cells: Sequence[Queued], max_attempts: int) -> tuple[list[Queued], list[int]]:
+        """What `ensure_queued` queues of these cells now (see `plan_queue`)."""
+        queue, given_up = [], []
+        listed: set[str] = set()  # a cell listed twice is queued once
+        for item in cells:
+            key = item.key
+            if self._covered[key] > 0 or key in listed:
+                continue
+            listed.add(key)
+            if self._attempts[key] >= max_attempts:
+                given_up.append(self._last_failed[key])
+                continue
+            queue.append(Queued(item.params, {**item.user_attrs, **(
+                {RETRY_OF: self._last_failed[key]} if key in self._last_failed else {})}))
+        return queue, given_up
+
+
 def plan_queue(trials: Sequence[Any], cells: Sequence[Queued], max_attempts: int,
-               keys: dict[int, str | None] | None = None, retried: set[int] | None = None
-               ) -> tuple[list[Queued], list[int]]:
+               retried: set[int] | None = None) -> tuple[list[Queued], list[int]]:
     """What `ensure_queued` queues, from FrozenTrials or index rows: ([Queued, with `retry_of` where a
     cell failed before], numbers of the last failed trial of each cell that ran out of attempts).
-
-    `keys` caches each trial's queue key by number across calls on one study (a trial's
-    `fixed_params` never change): a designed study has thousands of queued trials a round;
     `retried` is `record.superseded(trials)` when the caller keeps it."""
     if not cells:
         return [], []
-    retried = superseded(trials) if retried is None else retried
-    covered: set[str] = set()
-    attempts: Counter[str] = Counter()
-    last_failed: dict[str, int] = {}
-    keys = {} if keys is None else keys
-    for t in trials:
-        if t.number in keys:
-            key = keys[t.number]
-        else:
-            fixed = t.system_attrs.get(FIXED_PARAMS)
-            key = keys[t.number] = None if fixed is None else _key(fixed)
-        if key is None:
-            continue
-        if t.state in (TrialState.WAITING, TrialState.RUNNING) or is_done(t, retried):
-            covered.add(key)
-        elif t.state == TrialState.FAIL:
-            if t.user_attrs.get(FAIL_REASON) != INTERRUPTED:
-                attempts[key] += 1
-            last_failed[key] = max(last_failed.get(key, -1), t.number)
-    queue, given_up = [], []
-    for item in cells:
-        key = item.key
-        if key in covered:
-            continue
-        covered.add(key)  # a cell listed twice is queued once
-        if attempts[key] >= max_attempts:
-            given_up.append(last_failed[key])
-            continue
-        queue.append(Queued(item.params, {**item.user_attrs,
-                                          **({RETRY_OF: last_failed[key]} if key in last_failed else {})}))
-    return queue, given_up
+    coverage = Coverage()
+    coverage.note(trials, superseded(trials) if retried is None else retried)
+    return coverage.queue(cells, max_attempts)
 
 
 def ensure_queued(study: optuna.Study, cells: Sequence[Queued], max_attempts: int,
                   distributions: Mapping[str, BaseDistribution], trials: Sequence[Any] | None = None,
-                  keys: dict[int, str | None] | None = None, retried: set[int] | None = None) -> Queueing:
+                  retried: set[int] | None = None, coverage: Coverage | None = None) -> Queueing:
     """Give each cell without a waiting, running or done trial a WAITING one (see module doc), all
-    in one transaction. `trials` are the study's trials (or index rows) when the caller has them;
-    `keys` and `retried` as for `plan_queue`."""
+    in one transaction. `trials` are the study's trials (or index rows) when the caller has them,
+    `retried` as for `plan_queue`; `coverage`: the caller's up-to-date `Coverage` of the study
+    (then no trial is read)."""
     if not cells:
         return Queueing(0, [])
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    queue, given_up = plan_queue(trials, cells, max_attempts, keys, retried)
+    if coverage is not None:
+        queue, given_up = coverage.queue(cells, max_attempts)
+    else:
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        queue, given_up = plan_queue(trials, cells, max_attempts, retried)
     rdb.enqueue_many(_rdb(study), rdb.study_id(study), [
         rdb.NewTrial(item.params, {k: distributions[k] for k in item.params}, item.user_attrs) for item in queue])
     return Queueing(len(queue), given_up)

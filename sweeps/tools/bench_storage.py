@@ -23,7 +23,8 @@ Each sweep reports its `run` (every round, and opening the storage and study) an
 state (from its second round on: a long sweep's share; the first round of a new designed study
 queues all of its trials, `enqueue_s`, and each worker reads every trial once when it starts).
 For 1 and 2, `engine` replays the sweep's rounds (same jobs, same batches) through `engine.fit`
-alone: `vs_engine` is the steady sweep's trials/s over the engine's, 1.0 meaning no overhead.
+alone: `vs_engine` is the steady sweep's trials/s over the engine's on the same (steady) rounds,
+1.0 meaning no overhead (the first rounds train other cells, so all rounds would not compare).
 
     python -m sweeps.tools.bench_storage [--quick] [--out bench_storage.json]
 
@@ -225,8 +226,9 @@ def _shares(parts: list[dict[str, Any]]) -> dict[str, Any]:
             "overhead_ms_per_trial": 1e3 * (busy - totals["training"]) / max(trials, 1)}
 
 
-def _rounds(url: str, name: str) -> list[list[Any]]:
-    """The study's COMPLETE/FAIL trials grouped by the round that trained them, in order."""
+def _rounds(url: str, name: str) -> list[tuple[bool, list[Any]]]:
+    """The study's COMPLETE/FAIL trials grouped by the round that trained them, in order, each with
+    whether it is a steady round (not the first round of its worker)."""
     import optuna
 
     from ..study import storage as st
@@ -236,26 +238,39 @@ def _rounds(url: str, name: str) -> list[list[Any]]:
         run = t.user_attrs.get("run")
         if run is not None:
             rounds.setdefault((run["pid"], run["started"], run["round_wall_s"]), []).append(t)
-    return [sorted(ts, key=lambda t: t.number) for _, ts in sorted(rounds.items(), key=lambda kv: kv[1][0].number)]
+    ordered = sorted(rounds.items(), key=lambda kv: min(t.number for t in kv[1]))
+    seen: set[int] = set()
+    out = []
+    for (pid, *_), ts in ordered:
+        out.append((pid in seen, sorted(ts, key=lambda t: t.number)))
+        seen.add(pid)
+    return out
 
 
 def engine_alone(url: str, name: str, data_seed: int) -> dict[str, Any]:
-    """The sweep's rounds again, through `engine.fit` only (same jobs, same batch sizes)."""
+    """The sweep's rounds again, through `engine.fit` only (same jobs, same batch sizes): all of
+    them, and the steady ones (each worker's rounds after its first), which `vs_engine` compares."""
     from ..config import Config
     from ..engine import Job, fit
 
     import torch
 
-    rounds = _rounds(url, name)
     cpu = torch.device("cpu")
-    spent, trials = 0.0, 0
-    for ts in rounds:
+    spent = {True: 0.0, False: 0.0}
+    trials = {True: 0, False: 0}
+    for steady, ts in _rounds(url, name):
         jobs = [Job(Config(**t.user_attrs["config"]), s) for t in ts for s in t.user_attrs["seeds"]["seed"]]
         t0 = time.perf_counter()
         fit(jobs, device=cpu, batch_size=ts[0].user_attrs["run"]["batch_size"], data_seed=data_seed)
-        spent += time.perf_counter() - t0
-        trials += len(ts)
-    return {"trials": trials, "wall_s": spent, "trials_per_s": trials / spent if spent else math.inf}
+        spent[steady] += time.perf_counter() - t0
+        trials[steady] += len(ts)
+
+    def rate(n: int, s: float) -> float:
+        return n / s if s else math.inf
+
+    return {"trials": trials[True] + trials[False], "wall_s": spent[True] + spent[False],
+            "trials_per_s": rate(trials[True] + trials[False], spent[True] + spent[False]),
+            "steady": {"trials": trials[True], "wall_s": spent[True], "trials_per_s": rate(trials[True], spent[True])}}
 
 
 def _plain_net(config: Any) -> Any:
@@ -359,7 +374,8 @@ def measure(quick: bool) -> dict[str, Any]:
                 url = f"sqlite:///{folder / (key + '.db')}"
                 result = sweep(spec_path, url, key, n, workers=1)
                 result["engine"] = engine_alone(url, key, specs.load(str(spec_path)).data_seed)
-                result["vs_engine"] = result["steady"]["trials_per_s"] / result["engine"]["trials_per_s"]
+                # Steady rounds against the same rounds alone (the first rounds train other cells).
+                result["vs_engine"] = result["steady"]["trials_per_s"] / result["engine"]["steady"]["trials_per_s"]
                 out[key] = result
             pg = os.environ.get(ENV_PG)
             if pg:
@@ -370,7 +386,7 @@ def measure(quick: bool) -> dict[str, Any]:
             first = _first_order_spec(folder)
             url = f"sqlite:///{folder / 'first.db'}"
             ours = sweep(first, url, "first", n_first, workers=1)
-            trials = [t for ts in _rounds(url, "first") for t in ts]
+            trials = [t for _, ts in _rounds(url, "first") for t in ts]
             pick = [trials[round(i * (len(trials) - 1) / max(n_plain - 1, 1))] for i in range(n_plain)]
             plain = plain_optuna(specs.load(str(first)), pick, f"sqlite:///{folder / 'plain.db'}")
             out["plain"] = {"ours": ours, "plain": plain, "vs_plain": ours["trials_per_s"] / plain["trials_per_s"],
@@ -398,8 +414,9 @@ def table(r: dict[str, Any]) -> list[str]:
             lines.append(f"    {part:<6} {p['trials']:>5} trials {p['trials_per_s']:7.1f} trials/s, storage+sampler "
                          f"{p['storage_sampler_share']:.1%}, overhead {p['overhead_ms_per_trial']:.2f} ms/trial: {share}")
         if "engine" in s:
-            lines.append(f"    engine alone on the same rounds {s['engine']['trials_per_s']:.1f} trials/s: "
-                         f"steady sweep / engine {s['vs_engine']:.2f}")
+            e = s["engine"]
+            lines.append(f"    engine alone on the same rounds {e['trials_per_s']:.1f} trials/s, on the steady ones "
+                         f"{e['steady']['trials_per_s']:.1f}: steady sweep / engine {s['vs_engine']:.2f}")
     p = r["plain"]
     lines.append(f"  plain Optuna script {p['plain']['trials_per_s']:.3f} trials/s on {p['plain']['trials']} of the "
                  f"runner's {p['ours']['trials']} first-order trials; the runner {p['ours']['trials_per_s']:.1f} "

@@ -4,6 +4,7 @@ budget's counts from rows against the same from FrozenTrials, and the signal han
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import signal
@@ -22,8 +23,8 @@ from sweeps.study import storage as st
 from sweeps.study.index import SMALL_SYSTEM_ATTRS, SMALL_USER_ATTRS, Index, Row
 from sweeps.study.ledger import Ledger
 from sweeps.study.mirror import Mirror
-from sweeps.study.plan import Plan, Queued
-from sweeps.study.record import DIVERGED, FAIL_REASON, INTERRUPTED
+from sweeps.study.plan import FIXED_PARAMS, Plan, Queued, queue_key
+from sweeps.study.record import DIVERGED, FAIL_REASON, INTERRUPTED, RETRY_OF, is_done, superseded
 from sweeps.study.signals import Signals
 
 D = {"hidden": IntDistribution(1, 32), "act": CategoricalDistribution(["tanh", "relu", "sin"]),
@@ -108,6 +109,70 @@ def test_a_designs_queue_from_rows_is_its_queue_from_full_trials(tmp_path, stora
     assert older.queue(bare, fetch) == from_full and len(fetched) == len(outcomes)  # fetched once
     confirms = [q for q in from_full if q.params["phase"] == "confirm" and "lr" in q.params]
     assert confirms and len(confirms) < len([c for c in spec.cells() if c.tuned])  # some cells still tuning
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_ledgers_kept_a_row_at_a_time_agree_with_a_full_read_every_round(tmp_path, storage, seed):
+    """Two workers' ledgers on one design, rounds interleaved: trials finish, diverge, are
+    interrupted or go stale (and are retried), and a foreign retry supersedes a finished trial.
+    After each top-up what each ledger keeps from the rows that changed (the plan's queue, the
+    coverage of queue keys, the WAITING rows, the best, the counts) is what a full read computes
+    from scratch, the study lacks nothing and no queue key is covered twice."""
+    spec = specs.load(str(write_spec(tmp_path / "d.toml", DESIGN, confirm=3, steps=10,
+                                     biases='["none", "both"]')))
+    study = optuna.create_study(study_name="d", storage=storage)
+    sid = rdb.study_id(study)
+    workers = [Ledger(study, storage, Plan(spec, 0)) for _ in range(2)]
+    dists = workers[0].dists
+    rnd = random.Random(seed)
+    running: list[tuple[Ledger, list[rdb.Claimed]]] = []
+    for step in range(40):
+        w = workers[step % 2]
+        w.refresh()
+        w.top_up(3)
+        w._dirty = True  # a second top-up catches its state up with its own queueing: it queues nothing
+        assert w.top_up(3).queued == 0
+        full = optuna.load_study(study_name="d", storage=storage).get_trials()
+        cells = Plan(spec, 0).queue(full)
+        assert w.plan.update([], None, w.index.retried) == cells
+        assert w.coverage.queue(cells, 3) == rec.plan_queue(full, cells, 3)
+        assert rec.plan_queue(full, cells, 3)[0] == []  # the study lacks nothing
+        retried = superseded(full)
+        covering = [queue_key(t.system_attrs[FIXED_PARAMS]) for t in full
+                    if t.state in (TrialState.WAITING, TrialState.RUNNING) or is_done(t, retried)]
+        assert len(covering) == len(set(covering))  # no key twice
+        assert [r.number for r in w.index.waiting()] == [t.number for t in full if t.state == TrialState.WAITING]
+        complete = [t for t in full if t.state == TrialState.COMPLETE]
+        best = min(complete, key=lambda t: (t.value, t.number)) if complete else None
+        assert (w.index.best().number if w.index.best() else None) == (best.number if best else None)
+        assert rec.Counts(*w.index.counts()) == rec.counts(study)
+        # This worker's round: claim, then finish some, leave others running for later.
+        claimed = w.claim(rnd.randint(1, 6), 12, [])
+        outcomes, left = [], []
+        for c in claimed:
+            roll = rnd.random()
+            if roll < 0.5:
+                fits = rnd.randint(0, spec.seeds)
+                outcomes.append(rdb.Outcome(c.trial_id, TrialState.COMPLETE, rnd.choice([rnd.random(), math.inf]),
+                                            {"seeds_fit": f"{fits}/{spec.seeds}"}))
+            elif roll < 0.65:
+                outcomes.append(rdb.Outcome(c.trial_id, TrialState.FAIL, None, {FAIL_REASON: DIVERGED}))
+            else:
+                left.append(c)
+        w.finish(outcomes)
+        if left:
+            running.append((w, left))
+        if running and rnd.random() < 0.4:  # an interrupt, or another worker finding them stale
+            _, lost = running.pop(0)
+            rdb.fail_running(storage, sid, [c.trial_id for c in lost], rnd.choice([INTERRUPTED, rec.STALE]),
+                             max_retry=st.MAX_RETRY)
+        diverged = [t for t in full if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON) == DIVERGED
+                    and t.number not in retried]
+        if diverged and rnd.random() < 0.15:  # a foreign retry of a finished (diverged) trial
+            t = rnd.choice(diverged)
+            rdb.enqueue_many(storage, sid, [rdb.NewTrial(t.system_attrs[FIXED_PARAMS], {k: dists[k] for k in t.system_attrs[FIXED_PARAMS]},
+                                                        {RETRY_OF: t.number})])
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) > 10  # the rounds did real work
 
 
 # -- the mirror ---------------------------------------------------------------------------------
