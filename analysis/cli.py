@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sweeps.config import DEFAULT_STORAGE, ENV_STORAGE
-from sweeps.console import EXIT_USAGE, OneLineParser, fail
+from sweeps.console import EXIT_FAILURE, EXIT_USAGE, OneLineParser, fail
+from sweeps.study.errors import READ_ERRORS, describe_error
 from sweeps.study.storage import quiet_optuna, resolve_url
 
 from .load import ReportError
@@ -47,6 +48,8 @@ def run_report(args: argparse.Namespace) -> int:
         paths = build(resolve_url(args.storage), args.out, args.study)
     except ReportError as exc:
         return fail(str(exc), EXIT_USAGE)
+    except READ_ERRORS as exc:  # a storage that opened but cannot be read (a corrupted page)
+        return fail(describe_error(exc, resolve_url(args.storage)), EXIT_FAILURE)
     for path in paths:
         print(path)
     return 0

@@ -18,8 +18,8 @@ from ..console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_USAGE, OneLineParser,
 from ..dashboard import serve as dashboard
 from ..study import spec as specs
 from ..study import storage as st
-from ..study.errors import StorageError, describe_error, mask
-from . import listing
+from ..study.errors import READ_ERRORS, StorageError, describe_error, mask
+from . import listing, secret
 
 STORAGE_HELP = f"storage URL (default: ${ENV_STORAGE}, else {DEFAULT_STORAGE})"
 log = logging.getLogger("sweeps")
@@ -84,8 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _study_name(text: str) -> str:
     if not specs.check_name(text):
-        raise argparse.ArgumentTypeError(f"study name {text!r}: use 1-100 letters, digits, '.', '_' or '-' "
-                                         f"(not starting with '.' or '-')")
+        raise argparse.ArgumentTypeError(f"study name {text!r}: {specs.NAME_RULE}")
     return text
 
 
@@ -108,6 +107,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the `sweeps` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
     _logging(args)
+    if getattr(args, "storage", None):
+        secret.reexec_without_password(args.storage)  # a typed password leaves the process list
     if args.command in ("list", "show"):
         args.storage = st.resolve_url(args.storage)
     st.quiet_optuna()
@@ -130,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(str(exc), EXIT_USAGE)
     except StorageError as exc:
         return fail(str(exc), EXIT_USAGE)
+    except READ_ERRORS as exc:  # a storage that opened but cannot be read (a corrupted page)
+        return fail(describe_error(exc, st.resolve_url(getattr(args, "storage", None))), EXIT_FAILURE)
     raise AssertionError(args.command)
 
 

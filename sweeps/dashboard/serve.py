@@ -4,21 +4,20 @@ The dashboard has no authentication (anyone who reaches the port can delete stud
 to 127.0.0.1 unless `--host` says otherwise, and then warns. It is handed an opened storage object
 (`storage.open_storage`: SQLite lock timeout and WAL, so reading a study never breaks a sweep that
 writes it), never the URL, and URLs are printed with the password masked. A password typed on the
-command line would sit in the process list for as long as the server runs, so the command restarts
-itself at once with the URL moved into the environment (`SWEEPS_STORAGE`, readable by its owner
-only); better still, give it there or in ~/.pgpass from the start.
+command line would sit in the process list for as long as the server runs, so the command line
+restarts itself at once with the URL moved into the environment (`sweeps.cli.secret`, as for every
+command; `SWEEPS_STORAGE` is readable by its owner only); better still, give it there or in
+~/.pgpass from the start.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
-import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-import sqlalchemy
 
 from ..config import DEFAULT_STORAGE, ENV_STORAGE
 from ..study import storage as st
@@ -89,8 +88,6 @@ def add_cli(subparsers: Any, parents: list[argparse.ArgumentParser] | None = Non
 def run_cli(args: argparse.Namespace) -> int:
     """Handle `sweeps dashboard`: 0 when stopped with Ctrl-C, 1 if it cannot listen, 2 bad storage."""
     url = st.resolve_url(args.storage)
-    if args.storage:
-        _reexec_if_password_in_argv(url, args)
     try:
         serve(url, args.host, args.port, args.artifact_dir)
     except StorageError as exc:
@@ -110,24 +107,3 @@ def _port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1-65535, got {value}")
     return value
-
-
-def _reexec_if_password_in_argv(url: str, args: argparse.Namespace) -> None:
-    """Restart this process (same pid) without the password on its command line.
-
-    Only when the password really is in this process's argv (never when `main` was called from
-    Python with its own argument list): the URL moves into $SWEEPS_STORAGE for the new image.
-    """
-    try:
-        password = sqlalchemy.engine.make_url(url).password
-    except Exception:
-        return
-    if not password or not any(password in a for a in sys.argv):
-        return
-    print(f"note: the storage password was on the command line; restarting with it in ${ENV_STORAGE} "
-          f"(set it there or in ~/.pgpass to keep it out of the process list altogether)", file=sys.stderr, flush=True)
-    argv = [sys.executable, "-m", "sweeps", "dashboard", "--host", args.host, "--port", str(args.port)]
-    if args.artifact_dir:
-        argv += ["--artifact-dir", args.artifact_dir]
-    sys.stdout.flush()
-    os.execve(sys.executable, argv, {**os.environ, ENV_STORAGE: url})

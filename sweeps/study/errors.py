@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import re
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import sqlalchemy
 
 
 class StorageError(RuntimeError):
     """A storage that cannot be opened or used; the message is one line and names the URL."""
+
+
+# What reading a storage that opened raises when its content is broken (a corrupted page, an
+# attribute that is not JSON): readers say it in one line (`describe_error`) instead of a traceback.
+READ_ERRORS: tuple[type[BaseException], ...] = (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError,
+                                                sqlite3.Error, json.JSONDecodeError)
 
 
 def mask(url: str) -> str:

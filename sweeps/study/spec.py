@@ -189,7 +189,7 @@ def _study(v: Validator, study: dict[str, Any], default_name: str) -> dict[str, 
         return v.attempt(unit, default)
 
     return {
-        "name": key("name", str, default_name, check_name, "must be a non-empty name of letters, digits, ._-"),
+        "name": key("name", str, default_name, check_name, NAME_RULE),
         "description": key("description", str, ""),
         "sampler": key("sampler", str, "tpe", lambda s: s in SAMPLERS, f"must be one of {', '.join(SAMPLERS)}"),
         "trials": key("trials", int, 100, lambda n: n >= 1, "must be at least 1"),
@@ -200,6 +200,9 @@ def _study(v: Validator, study: dict[str, Any], default_name: str) -> dict[str, 
                                  "must be a positive number"),
         "storage": key("storage", str, DEFAULT_STORAGE),
     }
+
+
+NAME_RULE = "use 1-100 letters, digits, '.', '_' or '-' (not starting with '.' or '-')"  # said by both
 
 
 def check_name(name: str) -> bool:

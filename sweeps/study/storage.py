@@ -24,9 +24,6 @@ import contextlib
 import copy
 import importlib.util
 import os
-import sqlite3
-import urllib.parse
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,10 +33,11 @@ from optuna.trial import FrozenTrial
 
 from ..config import DEFAULT_STORAGE, ENV_STORAGE
 from .errors import StorageError, first_line, mask, root_cause, scrub, sqlite_path
+from . import ownership
+from .ownership import SQLITE_TIMEOUT_S
 from .locks import init_lock, reader_lock
 from .record import RETRY_OF
 
-SQLITE_TIMEOUT_S = 60
 PG_CONNECT_TIMEOUT_S = 10
 MAX_RETRY = 2  # a trial that took its worker down is retried at most twice (three attempts)
 ENV_HEARTBEAT = "SWEEPS_HEARTBEAT_S"
@@ -148,7 +146,7 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
             except OSError as exc:
                 raise StorageError(f"cannot create the folder of {path}: {exc.strerror or exc}") from None
         else:
-            _check_ours(path, create)
+            ownership.check_sqlite(path, create)
     else:
         engine_kwargs["pool_pre_ping"] = True
         if backend == "postgresql":
@@ -159,7 +157,7 @@ def open_storage(url: str, *, create: bool = True) -> RDBStorage:
         # (`open_readonly`: list, show, report) wait for a schema being created and never write.
         with init_lock(full_url, path, engine_kwargs):
             if backend == "postgresql":
-                _check_pg_ours(full_url, engine_kwargs, url, create)
+                ownership.check_postgresql(full_url, engine_kwargs, url, create)
             storage = RDBStorage(
                 full_url,
                 engine_kwargs=engine_kwargs,
@@ -196,60 +194,6 @@ def parse_url(url: str) -> sqlalchemy.engine.URL:
         raise StorageError(f"not a storage URL: {mask(url)!r} (try {DEFAULT_STORAGE})") from None
 
 
-OPTUNA_TABLES = {"studies", "trials", "alembic_version", "version_info"}
-
-
-def _sqlite_tables(path: Path) -> set[str] | None:
-    """The tables of a SQLite file (None if SQLite says it is no database); read-only.
-
-    Asked of SQLite itself, never by opening the file from Python: closing any descriptor of a
-    database drops every POSIX lock this process's SQLite connections hold on it, and a reader
-    whose locks vanished saw "database disk image is malformed" after another worker removed the
-    WAL (SQLite's "How To Corrupt" §2.2; it happened here in a test that reopened the storage).
-    """
-    try:
-        con = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode=ro", uri=True, timeout=SQLITE_TIMEOUT_S)
-    except sqlite3.Error:
-        return set()  # cannot open at all (permissions): let the real open say why
-    try:
-        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as exc:
-        return None if "not a database" in str(exc) else set()
-    finally:
-        con.close()
-
-
-def _check_ours(path: Path, create: bool) -> None:
-    """Refuse a file that is not an Optuna database: never add Optuna's tables to someone else's.
-
-    A writer may complete a schema it started (a crash mid-creation); an empty file only counts as
-    ours when this tool's lock file stands beside it (an interrupted first open made both).
-    """
-    tables = _sqlite_tables(path)
-    if tables is None:
-        raise StorageError(f"{path} is not a SQLite database; give another --storage or move the file away")
-    if not tables:
-        if path.stat().st_size == 0 and not path.with_name(path.name + ".lock").exists():
-            raise StorageError(f"{path} exists and is empty, and no sweep made it; give another --storage or "
-                               f"remove the file")
-        if not create:
-            raise StorageError(f"{path} holds no Optuna studies yet")
-        return
-    if not tables & OPTUNA_TABLES:
-        raise StorageError(f"{path} is another program's database (tables: {', '.join(sorted(tables)[:5])}); "
-                           f"give another --storage: sweeps never adds its tables to it")
-
-
-def _check_pg_ours(full_url: str, engine_kwargs: dict[str, Any], url: str, create: bool) -> None:
-    """PostgreSQL: refuse a database that holds tables but no Optuna schema."""
-    tables = _pg_tables(full_url, engine_kwargs)
-    if tables and not tables & OPTUNA_TABLES:
-        raise StorageError(f"{mask(url)} holds another program's tables ({', '.join(sorted(tables)[:5])}); give "
-                           f"another database: sweeps never adds its tables to it")
-    if not tables and not create:
-        raise StorageError(f"{mask(url)} holds no Optuna studies yet")
-
-
 def open_readonly(url: str) -> RDBStorage:
     """An RDBStorage on `url` that refuses writes (the report's); StorageError if it cannot be read.
 
@@ -266,14 +210,14 @@ def open_readonly(url: str) -> RDBStorage:
             raise StorageError(f"{mask(url)}: an in-memory SQLite storage holds no studies")
         if not path.is_file():
             raise StorageError(f"no such database: {path}")
-        target = f"sqlite:///file:{urllib.parse.quote(str(path.resolve()))}?mode=ro&uri=true"
+        target = f"sqlite:///{ownership.read_only_uri(path)}&uri=true"
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT_S}
     elif backend == "postgresql":
         engine_kwargs["connect_args"] = {"options": "-c default_transaction_read_only=on",
                                          "connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "sweeps"}
     try:
         with reader_lock(path) if path is not None else contextlib.nullcontext():
-            tables = _sqlite_tables(path) if path is not None else _pg_tables(target, engine_kwargs)
+            tables = ownership.sqlite_tables(path) if path is not None else ownership.pg_tables(target, engine_kwargs)
             if tables is None:
                 raise StorageError(f"{path} is not a SQLite database")
             if not {"studies", "version_info", "alembic_version"} <= tables:
@@ -289,11 +233,3 @@ def open_readonly(url: str) -> RDBStorage:
         raise StorageError(scrub(f"cannot read storage {mask(url)}: {first_line(exc)}", url)) from None
     except Exception as exc:
         raise StorageError(scrub(f"cannot read storage {mask(url)}: {root_cause(exc)}", url)) from None
-
-
-def _pg_tables(url: str | sqlalchemy.engine.URL, engine_kwargs: dict[str, Any]) -> set[str]:
-    engine = sqlalchemy.create_engine(url, **engine_kwargs)
-    try:
-        return set(sqlalchemy.inspect(engine).get_table_names())
-    finally:
-        engine.dispose()
