@@ -25,6 +25,7 @@ Also ids, handles and the one-transaction attribute and heartbeat writes older c
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -222,6 +223,18 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ke
             update: tuple[str, ...]) -> None:
     if not rows:
         return
+    if conn.dialect.driver == "psycopg2":
+        # Handed a list of rows, psycopg2 runs an upsert once per row, and SQLAlchemy's own
+        # multi-row VALUES costs as much to compile: psycopg2's `execute_values` sends a page of
+        # rows in one statement (measured: a round's 500 attributes 35 ms -> under 10).
+        from psycopg2.extras import execute_values
+
+        cols = list(rows[0])
+        sql = (f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES %s ON CONFLICT ({', '.join(keys)}) "
+               f"DO UPDATE SET {', '.join(f'{c} = EXCLUDED.{c}' for c in update)}")
+        with conn.connection.driver_connection.cursor() as cur:  # this transaction's connection
+            execute_values(cur, sql, [tuple(_raw(r[c]) for c in cols) for r in rows], page_size=1000)
+        return
     if _is_pg(conn):
         from sqlalchemy.dialects.postgresql import insert
     elif conn.dialect.name == "sqlite":
@@ -231,6 +244,11 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ke
     stmt = insert(table)
     conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in update}),
                  rows)
+
+
+def _raw(value: Any) -> Any:
+    """A value as the driver stores it: an Enum column (Optuna's value types) holds the member's name."""
+    return value.name if isinstance(value, enum.Enum) else value
 
 
 def _beat(conn: sa.Connection, trial_ids: Sequence[int]) -> None:
