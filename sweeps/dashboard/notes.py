@@ -165,7 +165,9 @@ def _head(study: optuna.Study, spec: Spec, trials: Sequence[FrozenTrial], budget
         f"| data | {spec.fixed.get('data', '?')} (data seed {spec.data_seed}) |",
         f"| fixed | {fmt.settings({k: v for k, v in spec.fixed.items() if k not in spec.space}, optimizers)} |",
         f"| space | {'; '.join(_dimension(d) for _, d in sorted(spec.space.items()))} |", "",
-        report_line(study.study_name), ""]
+        report_line(study.study_name), "",
+        "Values are median test MSEs, which span many decades: in the History and Slice plots switch on "
+        "*Log scale*, or pick the user attribute `log10_median_test_mse` as the History plot's y axis.", ""]
 
 
 def report_line(study_name: str) -> str:

@@ -17,8 +17,9 @@ where most seeds diverge is worse than any that fit). Its user attributes:
 - `fail_reason` on FAIL trials (`diverged` when every seed did; `interrupted`, `stale`, an error),
   `retry_of` on a retry (the number of the failed trial it redoes);
 - flat, short copies for tables that show attributes as columns (optuna-dashboard's): `seeds_fit`
-  ("12/16"), `median_test_mse`, `best_test_mse`, `evals_median`, `seconds_per_fit_s`,
-  `trial_wall_s`, `device`; a designed study's trials also `phase` and `cell_label`
+  ("12/16"), `median_test_mse`, `log10_median_test_mse` (MSEs span ten decades: a history plot
+  of it reads where the value's linear axis flattens everything near 0), `best_test_mse`,
+  `evals_median`, `seconds_per_fit_s`, `trial_wall_s`, `device`; a designed study's trials also `phase` and `cell_label`
   (`design_attrs`). Readers use the structured attributes above; these are for people.
 
 A study carries `spec` (the spec it was made from, as a table), `spec_toml` (the spec file's text,
@@ -141,12 +142,18 @@ def _flat(mses: Sequence[float], successes: int, results: Sequence[Result], run:
     return {
         SEEDS_FIT: f"{successes}/{len(mses)}",
         "median_test_mse": short(statistics.median(mses), 4) if mses else None,
+        "log10_median_test_mse": _log10(statistics.median(mses)) if mses else None,
         "best_test_mse": short(min(finite), 4) if finite else None,
         "evals_median": statistics.median(evals) if evals else None,
         "seconds_per_fit_s": short(statistics.median(seconds), 3) if seconds else None,
         "trial_wall_s": short(float(wall), 3) if isinstance(wall, (int, float)) else None,
         "device": run.get("device"),
     }
+
+
+def _log10(mse: float) -> float | None:
+    """log10 of an MSE to 3 decimals; None where it has none (0, or most seeds diverged: inf)."""
+    return round(math.log10(mse), 3) if 0 < mse < math.inf else None
 
 
 def seeds_fit(user_attrs: dict[str, Any], threshold: float) -> int | None:

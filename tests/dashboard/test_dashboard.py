@@ -241,12 +241,15 @@ def test_trials_carry_flat_short_attributes(made):
         mses = [math.inf if m is None else m for m in rec.seeds.test_mse]
         assert ua["seeds_fit"] == f"{sum(m < made['spec'].success_threshold for m in mses)}/{len(mses)}"
         assert ua["median_test_mse"] == pytest.approx(t.value, rel=1e-3)
+        assert ua["log10_median_test_mse"] == (pytest.approx(math.log10(t.value), abs=1e-3)
+                                               if 0 < t.value < math.inf else None)
         assert ua["best_test_mse"] == pytest.approx(min(mses), rel=1e-3)
         assert ua["evals_median"] == statistics.median(rec.seeds.evals)
         assert ua["seconds_per_fit_s"] == pytest.approx(statistics.median(rec.seeds.seconds), rel=1e-2)
         assert ua["trial_wall_s"] == pytest.approx(rec.run["wall_time_s"], rel=1e-2)
         assert ua["device"] == rec.run["device"] == "cpu"
-        flat = [ua[k] for k in ("seeds_fit", "median_test_mse", "evals_median", "seconds_per_fit_s", "device")]
+        flat = [ua[k] for k in ("seeds_fit", "median_test_mse", "log10_median_test_mse", "evals_median",
+                                "seconds_per_fit_s", "device")]
         assert all(len(json.dumps(v)) <= 12 for v in flat), flat  # short enough for a table column
         assert rec.labels == {}  # flat copies are not mistaken for labels (a program's name)
 
