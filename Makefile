@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install the project into it (torch first, from TORCH)
 
-sweep: install ## the designed study + ablation (or SPEC=name), continuing: [TRIALS=n] [STORAGE=url]
+sweep: install ## the designed study + ablation (or SPEC=name), continuing, then their report: [TRIALS=n] [STORAGE=url]
 	$(if $(SPEC),$(PY) -m sweeps run $(SPEC) $(SWEEP_FLAGS),$(PY) -m sweeps run default $(SWEEP_FLAGS) && $(PY) -m sweeps run ablation $(SWEEP_FLAGS))
+	$(PY) -m sweeps report $(if $(SPEC),--study "$$($(PY) -c 'import sys; from sweeps.study import spec; print(spec.load(sys.argv[1]).name)' '$(SPEC)')") $(STORAGE_FLAG)
 
 worker: install ## join a study as one more worker: make worker SPEC=default STORAGE=postgresql://…
 	$(PY) -m sweeps worker $(or $(SPEC),default) $(SWEEP_FLAGS)
