@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
+
+import argcomplete
 
 from .. import __version__
 from ..config import DEFAULT_STORAGE, ENV_STORAGE
@@ -47,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("run", "run (or continue) the study of a spec until its trial budget is reached"),
                        ("worker", "join a study (creating it if first) and work until its global budget is done")):
         r = sub.add_parser(name, help=text, description=text, parents=[common])
-        r.add_argument("spec", help="a bundled spec's name (see `sweeps specs`) or a path to a .toml file")
+        r.add_argument("spec", help="a bundled spec's name (see `sweeps specs`) or a path to a .toml file"
+                       ).completer = _complete_spec  # type: ignore[attr-defined]
         r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="change a setting for this run (repeatable): a config key (fixed to VALUE), study.KEY "
                             "or design.KEY; a changed space needs a new --study name")
@@ -82,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _complete_spec(prefix: str, **_: object) -> list[str]:
+    """Shell completion of SPEC: the bundled specs' names, and .toml files below the prefix."""
+    import glob
+
+    names = [n for n in specs.bundled_specs() if n.startswith(prefix)]
+    return names + [p for p in glob.glob(prefix + "*") if p.endswith(".toml") or os.path.isdir(p)]
+
+
 def _study_name(text: str) -> str:
     if not specs.check_name(text):
         raise argparse.ArgumentTypeError(f"study name {text!r}: {specs.NAME_RULE}")
@@ -105,7 +117,10 @@ def _logging(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `sweeps` command line; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Completion when the shell asks (`eval "$(register-python-argcomplete sweeps)"`); else nothing.
+    argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     _logging(args)
     if getattr(args, "storage", None):
         secret.reexec_without_password(args.storage)  # a typed password leaves the process list

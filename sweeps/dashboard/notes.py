@@ -172,10 +172,12 @@ def _head(study: optuna.Study, spec: Spec, trials: Sequence[FrozenTrial], budget
 
 def report_line(study_name: str) -> str:
     """Where the study's report is and how to build it: a file path relative to the folder `sweeps
-    report` runs in, by default the project's (the dashboard cannot serve the file itself)."""
+    report` runs in, by default the project's (the dashboard cannot serve the file itself). Not
+    whether it exists: the note is written at the end of a run, and `make sweep` builds the
+    report right after, so any such state would be stale at once."""
     path = REPORTS / slug(study_name) / "index.html"
-    state = "" if path.is_file() else f"; not built yet: `sweeps report --study {study_name}`"
-    return (f"**Report**: `{path}` (a file: open it in a browser{state}); it links back here.")
+    return (f"**Report**: `{path}` (a file: open it in a browser; `make sweep` writes it after its runs, "
+            f"`sweeps report --study {study_name}` brings it up to date); it links back here.")
 
 
 def _figures(study: optuna.Study, cited: list[Cited], figures: dict[int, str]) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -86,3 +87,19 @@ def test_sweeps_report_is_the_report(swept, capsys):
     assert (out / "tiny" / "index.html").is_file() and str(out / "tiny" / "index.html") in capsys.readouterr().out
     assert main(["report", "--storage", swept["url"], "--study", "nope"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("sweeps ru", {"run"}),
+    ("sweeps run de", {"default"}),
+    ("sweeps run default --st", {"--storage", "--study"}),
+    ("sweeps show --j", {"--json"}),
+])
+def test_shell_completion(tmp_path, line, expected):
+    """What bash gets when it asks (argcomplete's protocol: the candidates written to a file)."""
+    out = tmp_path / "candidates"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line)),
+           "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+    proc = subprocess.run([sys.executable, "-m", "sweeps"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert {c.strip() for c in out.read_text().split("\x0b")} == expected  # a lone candidate ends in a space
