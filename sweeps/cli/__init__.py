@@ -185,7 +185,10 @@ def _run(args: argparse.Namespace) -> int:
           f"{summary.models_per_s:.1f} models/s)")
     if summary.best_value is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.best_params.items()))
-        print(f"best median test MSE {summary.best_value:.3g}: {params}")
+        # sin units represent the target exactly: the best trial is then the control, not an answer.
+        control = " (sin units, which represent sin(x) exactly: the control arm)" \
+            if summary.best_params.get("activation", spec.fixed.get("activation")) == "sin" else ""
+        print(f"best median test MSE {summary.best_value:.3g}: {params}{control}")
     shown = "" if url == st.resolve_url() else f" --storage {mask(url)}"
     log.info(f"next: `sweeps report{shown}` for the answer, tables and figures; `sweeps dashboard{shown}` to "
              f"inspect the trials")

@@ -103,3 +103,13 @@ def test_shell_completion(tmp_path, line, expected):
     proc = subprocess.run([sys.executable, "-m", "sweeps"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert {c.strip() for c in out.read_text().split("\x0b")} == expected  # a lone candidate ends in a space
+
+
+def test_a_best_trial_of_sin_units_is_called_the_control(swept, capsys):
+    assert main(["run", str(swept["spec"]), "--storage", swept["url"], "--no-progress", "--set", "activation=sin",
+                 "--set", "study.trials=2", "--study", "tiny-sin"]) == 0
+    best = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("best median test MSE"))
+    assert best.endswith("(sin units, which represent sin(x) exactly: the control arm)")
+    assert main(["run", str(swept["spec"]), "--storage", swept["url"], "--no-progress"]) == 0
+    best = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("best median test MSE"))
+    assert "control" not in best
