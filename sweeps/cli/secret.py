@@ -8,6 +8,7 @@ every command reads $SWEEPS_STORAGE when no flag is given, so it goes on unchang
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -54,8 +55,10 @@ def reexec_without_password(url: str | None, argv: Sequence[str] | None = None) 
     rest, given = without_storage(argv)
     if given != url:
         return
-    sys.stdout.write(f"note: the storage password was on the command line; restarting with it in ${ENV_STORAGE} "
-                     f"(set it there or in ~/.pgpass to keep it out of the process list altogether)\n")
+    # Said only with -v: stdout may be JSON (`list --json`) and stderr is for one-line errors.
+    logging.getLogger("sweeps").debug(f"the storage password was on the command line; restarting with it in "
+                                      f"${ENV_STORAGE} (set it there or in ~/.pgpass to keep it out of the "
+                                      f"process list altogether)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "sweeps", *rest], {**os.environ, ENV_STORAGE: str(url)})

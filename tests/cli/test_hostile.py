@@ -28,7 +28,7 @@ import pytest
 import sqlalchemy
 
 from kit import ROOT, TINY, write_spec
-from pg import database, pg_password_role  # noqa: F401  (a fixture)
+from pg import ENV_URL, database, pg_password_role  # noqa: F401  (a fixture)
 from sweeps.cli import main
 from sweeps.study import storage as st
 
@@ -122,28 +122,12 @@ def studies(tmp_path_factory):
     url = f"sqlite:///{tmp / 's.db'}"
     assert main(["run", str(spec), "--storage", url, "--no-progress", "-q", "--trials", "3"]) == 0
     made["sqlite"] = url
-    with _maybe_pg() as pg:
-        if pg is not None:
+    with contextlib.ExitStack() as stack:
+        if os.environ.get(ENV_URL):  # else the pg cases skip, or fail where PostgreSQL is required (`store`)
+            pg = stack.enter_context(database()).render_as_string(hide_password=False)
             assert main(["run", str(spec), "--storage", pg, "--no-progress", "-q", "--trials", "3"]) == 0
             made["postgresql"] = pg
         yield made
-
-
-class _maybe_pg:
-    """A fresh PostgreSQL database for the module, or None where there is none (the pg tests then
-    skip, or fail under SWEEPS_TEST_REQUIRE_PG=1, through `pg.database` in `store`)."""
-
-    def __enter__(self):
-        self._cm = None
-        if not os.environ.get("SWEEPS_TEST_PG_URL"):
-            return None
-        self._cm = database()
-        return self._cm.__enter__().render_as_string(hide_password=False)
-
-    def __exit__(self, *exc):
-        if self._cm is not None:
-            return self._cm.__exit__(*exc)
-        return False
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
@@ -192,7 +176,7 @@ def test_a_password_typed_on_the_command_line_leaves_the_process_list(pg_passwor
     with database(owner=role) as admin:
         url = admin.set(username=role, password=password).render_as_string(hide_password=False)
         proc = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(spec), "--storage", url, "--no-progress",
-                                 "--trials", "2", "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE,
+                                 "--trials", "2", "--device", "cpu", "-v"], cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1",
                                                                         "PGPASSWORD": ""})
         seen = []
@@ -207,8 +191,11 @@ def test_a_password_typed_on_the_command_line_leaves_the_process_list(pg_passwor
         working = [c for c in seen if "run" in c and "--storage" not in c]
         assert working, seen  # it was seen working after the restart
         assert all(password not in c for c in working)
-        assert password not in out + err and "restarting with it in $SWEEPS_STORAGE" in out
+        assert password not in out + err and "restarting with it in $SWEEPS_STORAGE" in out  # -v says so
         assert len(optuna.load_study(study_name="tiny", storage=st.open_readonly(url)).trials) == 2
+        listed = process(["list", "--json", "--storage", url])  # restarted too: its stdout is still JSON alone
+        assert listed.code == 0 and password not in listed.out + listed.err
+        assert [r["study"] for r in json.loads(listed.out)] == ["tiny"]
 
 
 # -- files and databases that are not ours ----------------------------------------------------------
