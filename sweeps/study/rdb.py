@@ -226,7 +226,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, rows: list[dict[str, Any]], ke
     if conn.dialect.driver == "psycopg2":
         # Handed a list of rows, psycopg2 runs an upsert once per row, and SQLAlchemy's own
         # multi-row VALUES costs as much to compile: psycopg2's `execute_values` sends a page of
-        # rows in one statement (measured: a round's 500 attributes 35 ms -> under 10).
+        # rows in one statement (measured on explore rounds: 40 ms an upsert -> 9 ms).
         from psycopg2.extras import execute_values
 
         cols = list(rows[0])
