@@ -25,7 +25,9 @@ def read_only_uri(path: Path) -> str:
     """A `file:` URI that opens the SQLite file read-only. On a folder this process cannot write
     (a read-only file system, another user's files) with no WAL beside the file, also
     `immutable=1`: a WAL database opened read-only needs its -shm file, which only a writer could
-    create there, and with no WAL and no writable folder no one is writing it."""
+    create there. On a read-only file system no one writes; on another user's folder its owner
+    could start a worker while this reads, and an immutable reader would not see its writes (a
+    report of that moment may then be inconsistent: run it again; it never writes either way)."""
     uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
     if not os.access(path.parent, os.W_OK) and not path.with_name(path.name + "-wal").exists():
         uri += "&immutable=1"
