@@ -186,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
     if summary.best_value is not None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.best_params.items()))
         # sin units represent the target exactly: the best trial is then the control, not an answer.
-        control = " (sin units, which represent sin(x) exactly: the control arm)" \
+        control = " (sin units represent sin(x) exactly: a control, not an answer)" \
             if summary.best_params.get("activation", spec.fixed.get("activation")) == "sin" else ""
         print(f"best median test MSE {summary.best_value:.3g}: {params}{control}")
     shown = "" if url == st.resolve_url() else f" --storage {mask(url)}"

@@ -109,7 +109,7 @@ def test_a_best_trial_of_sin_units_is_called_the_control(swept, capsys):
     assert main(["run", str(swept["spec"]), "--storage", swept["url"], "--no-progress", "--set", "activation=sin",
                  "--set", "study.trials=2", "--study", "tiny-sin"]) == 0
     best = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("best median test MSE"))
-    assert best.endswith("(sin units, which represent sin(x) exactly: the control arm)")
+    assert best.endswith("(sin units represent sin(x) exactly: a control, not an answer)")
     assert main(["run", str(swept["spec"]), "--storage", swept["url"], "--no-progress"]) == 0
     best = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("best median test MSE"))
     assert "control" not in best
