@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
+import pytest
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
@@ -231,3 +233,32 @@ def assert_retried_once(ts: list[FrozenTrial], failed_numbers: set[int]) -> None
         assert retry.state == TrialState.COMPLETE, (n, retry.state)
         assert retry.system_attrs.get("failed_trial") == n or n in retry.system_attrs.get("retry_history", [])
         assert by_number[n].params.items() <= retry.params.items()  # same configuration, completed
+
+
+ENV_REQUIRE_TMPFS = "SWEEPS_TEST_REQUIRE_TMPFS"
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str, read_only_after: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `mount` (root only): skips where mounting is not permitted,
+    fails where SWEEPS_TEST_REQUIRE_TMPFS=1 requires one. `read_only_after(mount)` fills it, and
+    then it is remounted read-only."""
+    def missing(reason: str) -> None:
+        if os.environ.get(ENV_REQUIRE_TMPFS) == "1":
+            pytest.fail(f"{reason}, and {ENV_REQUIRE_TMPFS}=1 requires one", pytrace=False)
+        pytest.skip(reason)
+
+    mount.mkdir(exist_ok=True)
+    if not shutil.which("mount"):
+        missing("no mount command")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        missing(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not permitted'})")
+    try:
+        if read_only_after is not None:
+            read_only_after(mount)
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

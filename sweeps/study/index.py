@@ -100,8 +100,9 @@ class Index:
                     self._best is None or (row.value, row.number) < (self._best.value, self._best.number)):
                 self._best = row
             # A trial never loses what it retries; a newly retried trial stops counting.
-            self._changed |= superseded([row]) - self.retried
-            self.retried |= superseded([row])
+            retries = superseded([row])
+            self._changed |= retries - self.retried
+            self.retried |= retries
             self._changed.add(row.number)
             self.rows[row.trial_id] = row
             self._state[row.trial_id] = row.state.name

@@ -27,8 +27,9 @@ import optuna
 import pytest
 import sqlalchemy
 
+from faultkit import tmpfs
 from kit import ROOT, TINY, write_spec
-from pg import ENV_URL, database, pg_password_role  # noqa: F401  (a fixture)
+from pg import ENV_URL, admin_url, database, pg_password_role  # noqa: F401  (a fixture)
 from sweeps.cli import main
 from sweeps.study import storage as st
 
@@ -133,8 +134,7 @@ def studies(tmp_path_factory):
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
 def store(request, studies):
     if request.param not in studies:
-        with database():  # skips, or fails where PostgreSQL is required
-            pass
+        admin_url()  # skips, or fails where PostgreSQL is required
     return studies[request.param]
 
 
@@ -271,13 +271,18 @@ def test_an_in_memory_sqlite_storage_is_refused(name, tmp_path):
 
 # -- broken and read-only storages ----------------------------------------------------------------
 
-def _corrupt_copy(url: str, tmp: Path) -> Path:
-    """A copy of the study's SQLite file (checkpointed) with a page in the middle overwritten."""
+def _study_bytes(url: str) -> bytes:
+    """The SQLite study file's bytes, its WAL checkpointed into it first (a copy needs no -wal)."""
     source = st.sqlite_path(url)
     con = sqlite3.connect(source)
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
-    data = bytearray(source.read_bytes())
+    return source.read_bytes()
+
+
+def _corrupt_copy(url: str, tmp: Path) -> Path:
+    """A copy of the study's SQLite file with a page in the middle overwritten."""
+    data = bytearray(_study_bytes(url))
     page = 4096
     middle = (len(data) // page // 2) * page
     data[middle:middle + page] = b"\xde\xad\xbe\xef" * (page // 4)
@@ -300,26 +305,12 @@ def test_a_corrupted_database_is_one_line_and_readers_leave_it_as_it_is(name, st
 
 @pytest.fixture
 def read_only(tmp_path, studies):
-    """A copy of the SQLite study on a file system mounted read-only (root only; where mounting is
-    refused this skips, or fails under SWEEPS_TEST_REQUIRE_TMPFS=1 as the disk-full test does)."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        if os.environ.get("SWEEPS_TEST_REQUIRE_TMPFS") == "1":
-            pytest.fail(f"cannot mount a tmpfs here ({proc.stderr.strip()}), and SWEEPS_TEST_REQUIRE_TMPFS=1 "
-                        f"requires one", pytrace=False)
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not permitted'})")
-    try:
-        source = st.sqlite_path(studies["sqlite"])
-        con = sqlite3.connect(source)
-        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        con.close()
-        (mount / "s.db").write_bytes(source.read_bytes())
-        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+    """A copy of the SQLite study on a file system mounted read-only (`faultkit.tmpfs`: root only)."""
+    def fill(mount: Path) -> None:
+        (mount / "s.db").write_bytes(_study_bytes(studies["sqlite"]))
+
+    with tmpfs(tmp_path / "ro", "16m", read_only_after=fill) as mount:
         yield mount / "s.db"
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("name", ["list", "show", "report"])

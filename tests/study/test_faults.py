@@ -9,8 +9,6 @@ input is one line naming the thing, with a non-zero exit code. The full-disk tes
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -23,7 +21,7 @@ import optuna
 import pytest
 import torch
 from faultkit import (FAST_BEATS, GRID, RANDOM, SMALL, SMALL_CELLS, assert_retried_once, cell, done,
-                      kill, run_cli, snapshot, start, stop_mid_round, trials, write_spec)
+                      kill, run_cli, snapshot, start, stop_mid_round, tmpfs, trials, write_spec)
 from optuna.trial import TrialState
 from pg import database, pg_password_role, pg_url  # noqa: F401  (fixtures)
 
@@ -47,7 +45,6 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-ENV_REQUIRE_TMPFS = "SWEEPS_TEST_REQUIRE_TMPFS"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
@@ -196,21 +193,8 @@ def test_budget_counts_diverged_once_and_never_interrupted_or_stale():
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MiB tmpfs (root only); skip where mounting is not permitted, fail if one is required."""
-    def missing(reason: str) -> None:
-        if os.environ.get(ENV_REQUIRE_TMPFS) == "1":
-            pytest.fail(f"{reason}, and {ENV_REQUIRE_TMPFS}=1 requires one", pytrace=False)
-        pytest.skip(reason)
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if not shutil.which("mount"):
-        missing("no mount command")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        missing(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'not permitted'})")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with tmpfs(tmp_path / "disk", "1m") as mount:
+        yield mount
 
 
 def _integrity(path: Path) -> str:
